@@ -1,0 +1,132 @@
+#!/usr/bin/env bash
+# Builds (once) and caches the real peers the tests and the sandbox use:
+# etcd, kube-apiserver, kubectl and helm, from their Go modules at pinned
+# releases. Binaries land in $GIRDER_CACHE/bin/<name>-<version>; a second run
+# finds them there and builds nothing. Prints the bin directory on stdout.
+set -euo pipefail
+
+K8S_VERSION="${K8S_VERSION:-v1.37.2}"
+ETCD_VERSION="${ETCD_VERSION:-v3.6.16}"
+HELM_VERSION="${HELM_VERSION:-v3.22.0}"
+GIRDER_CACHE="${GIRDER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/girder}"
+BIN="$GIRDER_CACHE/bin"
+WORK="$GIRDER_CACHE/build"
+mkdir -p "$BIN" "$WORK"
+
+log() { echo "tools: $*" >&2; }
+
+need_go() {
+  command -v go >/dev/null || { log "Go is required to build the control plane (apt-get install golang or see README)"; exit 1; }
+}
+
+# k8s.io/kubernetes replaces every k8s.io/* staging module with a local path,
+# so it cannot be required as is: this wrapper module requires it and points
+# each staging module at the release with the same minor (v1.37.2 -> v0.37.2).
+build_kubernetes() {
+  local want=()
+  [ -x "$BIN/kube-apiserver-$K8S_VERSION" ] || want+=(kube-apiserver)
+  [ -x "$BIN/kubectl-$K8S_VERSION" ] || want+=(kubectl)
+  [ ${#want[@]} -eq 0 ] && return
+  need_go
+  local dir="$WORK/kubernetes-$K8S_VERSION"
+  local staging="v0.${K8S_VERSION#v1.}"
+  mkdir -p "$dir"
+  log "building ${want[*]} $K8S_VERSION (first run only; takes several minutes)"
+  (
+    cd "$dir"
+    local gomod
+    gomod=$(go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",*$/\1/p')
+    {
+      echo "module girder.dev/tools/kubernetes"
+      echo
+      sed -n 's/^go \([0-9.]*\)$/go \1/p' "$gomod" | head -n1
+      echo
+      echo "require k8s.io/kubernetes $K8S_VERSION"
+      echo
+      grep -E '^[[:space:]]*k8s.io/[a-z0-9-]+ => \./staging/' "$gomod" |
+        awk -v v="$staging" '{print "replace " $1 " => " $1 " " v}'
+    } >go.mod
+    cat >tools.go <<'GO'
+//go:build tools
+
+package tools
+
+import (
+	_ "k8s.io/kubernetes/cmd/kube-apiserver"
+	_ "k8s.io/kubernetes/cmd/kubectl"
+)
+GO
+    go mod tidy >&2
+    for cmd in "${want[@]}"; do
+      CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X k8s.io/component-base/version.gitVersion=$K8S_VERSION -X k8s.io/client-go/pkg/version.gitVersion=$K8S_VERSION" \
+        -o "$BIN/$cmd-$K8S_VERSION.tmp" "k8s.io/kubernetes/cmd/$cmd" >&2
+      mv "$BIN/$cmd-$K8S_VERSION.tmp" "$BIN/$cmd-$K8S_VERSION"
+    done
+  )
+}
+
+# etcd's own main package lives in a module with replace directives too; its
+# whole body is etcdmain.Main, which the server module exports.
+build_etcd() {
+  [ -x "$BIN/etcd-$ETCD_VERSION" ] && return
+  need_go
+  local dir="$WORK/etcd-$ETCD_VERSION"
+  mkdir -p "$dir"
+  log "building etcd $ETCD_VERSION (first run only)"
+  (
+    cd "$dir"
+    cat >go.mod <<GO
+module girder.dev/tools/etcd
+
+go 1.24
+
+require go.etcd.io/etcd/server/v3 $ETCD_VERSION
+GO
+    cat >main.go <<'GO'
+package main
+
+import (
+	"os"
+
+	"go.etcd.io/etcd/server/v3/etcdmain"
+)
+
+func main() { etcdmain.Main(os.Args) }
+GO
+    go mod tidy >&2
+    CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$BIN/etcd-$ETCD_VERSION.tmp" . >&2
+    mv "$BIN/etcd-$ETCD_VERSION.tmp" "$BIN/etcd-$ETCD_VERSION"
+  )
+}
+
+build_helm() {
+  [ -x "$BIN/helm-$HELM_VERSION" ] && return
+  need_go
+  local dir="$WORK/helm-$HELM_VERSION"
+  mkdir -p "$dir"
+  log "building helm $HELM_VERSION (first run only)"
+  (
+    cd "$dir"
+    GOBIN="$dir" CGO_ENABLED=0 go install -trimpath -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" >&2
+    mv "$dir/helm" "$BIN/helm-$HELM_VERSION"
+  )
+}
+
+# Stable names in one directory, so KUBEBUILDER_ASSETS and PATH can point at it.
+link_assets() {
+  local assets="$GIRDER_CACHE/assets"
+  mkdir -p "$assets"
+  ln -sfn "$BIN/etcd-$ETCD_VERSION" "$assets/etcd"
+  ln -sfn "$BIN/kube-apiserver-$K8S_VERSION" "$assets/kube-apiserver"
+  ln -sfn "$BIN/kubectl-$K8S_VERSION" "$assets/kubectl"
+  ln -sfn "$BIN/helm-$HELM_VERSION" "$assets/helm"
+  echo "$assets"
+}
+
+case "${1:-all}" in
+  all) build_etcd; build_kubernetes; build_helm; link_assets ;;
+  etcd) build_etcd ;;
+  kubernetes) build_kubernetes ;;
+  helm) build_helm ;;
+  *) echo "usage: $0 [all|etcd|kubernetes|helm]" >&2; exit 2 ;;
+esac

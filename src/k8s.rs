@@ -1,0 +1,62 @@
+//! The small surface girder uses to talk to the API server: server-side
+//! apply of status, and waiting for the CRDs.
+
+use crate::api;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::wait::{await_condition, conditions};
+use kube::{Api, Client, CustomResourceExt, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::fmt::Debug;
+use std::time::Duration;
+
+/// Field manager of each component, so `managedFields` says who wrote what.
+pub mod manager {
+    pub const ROLE: &str = "girder-operator/role";
+    pub const WORKLOAD: &str = "girder-operator/workload";
+}
+
+/// Writes `status` with server-side apply, `apiVersion` and `kind` in the body.
+pub async fn apply_status<K>(api: &Api<K>, obj: &K, manager: &str, status: &impl Serialize) -> kube::Result<K>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
+{
+    let body = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": status,
+    });
+    api.patch_status(&obj.name_any(), &PatchParams::apply(manager).force(), &Patch::Apply(&body))
+        .await
+}
+
+/// Waits until every girder CRD is Established, logging what it waits for
+/// every `every`, until `shutdown` fires.
+pub async fn wait_for_crds(client: Client, every: Duration, shutdown: tokio_util::sync::CancellationToken) -> bool {
+    let crds: Api<CustomResourceDefinition> = Api::all(client);
+    let names: Vec<String> = [
+        api::BareMetalNode::crd_name(),
+        api::Network::crd_name(),
+        api::Role::crd_name(),
+        api::Workload::crd_name(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    for name in names {
+        loop {
+            let wait = tokio::time::timeout(every, await_condition(crds.clone(), &name, conditions::is_crd_established()));
+            tokio::select! {
+                _ = shutdown.cancelled() => return false,
+                done = wait => match done {
+                    Ok(Ok(_)) => break,
+                    Ok(Err(err)) => tracing::warn!(crd = %name, error = %err, "cannot watch the CRD; retrying"),
+                    Err(_) => tracing::warn!(crd = %name, "waiting for the CRD to be installed and Established (kubectl apply -f crds/)"),
+                },
+            }
+        }
+        tracing::info!(crd = %name, "CRD established");
+    }
+    true
+}

@@ -1,0 +1,33 @@
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// girder: physical datacenter operations on Kubernetes.
+#[derive(Parser)]
+#[command(name = "girder", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the controllers (with leader election, health and metrics endpoints).
+    Operator(girder::operator::OperatorArgs),
+    /// Print the CustomResourceDefinitions as YAML, or write one file per CRD.
+    Crdgen(girder::crdgen::CrdgenArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Operator(args) => girder::operator::main(args),
+        Command::Crdgen(args) => girder::crdgen::main(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("girder: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}

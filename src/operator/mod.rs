@@ -1,0 +1,242 @@
+//! `girder operator`: the controllers, behind leader election, with health
+//! and metrics endpoints and a graceful shutdown.
+
+pub mod http;
+pub mod lease;
+pub mod metrics;
+
+use crate::api::Role;
+use crate::controller::{self, Backoff, Context};
+use futures::StreamExt;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::{Api, Client};
+use lease::{Elector, LeaseConfig};
+use metrics::Metrics;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+#[derive(clap::Args, Debug)]
+pub struct OperatorArgs {
+    /// Watch only this namespace (all namespaces when unset).
+    #[arg(long, env = "GIRDER_WATCH_NAMESPACE")]
+    namespace: Option<String>,
+    /// Address serving /healthz, /readyz and /metrics.
+    #[arg(long, env = "GIRDER_HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    http_addr: SocketAddr,
+    /// Name of the leader-election Lease.
+    #[arg(long, default_value = "girder-operator")]
+    lease_name: String,
+    /// Namespace of the leader-election Lease (the pod's own, in a cluster).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    lease_namespace: String,
+    /// This replica's identity in the Lease (the pod name, in a cluster).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// How long a Lease stays valid without renewal, in seconds.
+    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..))]
+    lease_duration: u64,
+    /// How long the leader keeps trying to renew before it gives up, in seconds.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    renew_deadline: u64,
+    /// How often the Lease is renewed or polled, in seconds.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..))]
+    retry_period: u64,
+    /// Log format.
+    #[arg(long, env = "GIRDER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
+    log_format: LogFormat,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum LogFormat {
+    Json,
+    Text,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OperatorError {
+    #[error("lease timings are inconsistent: need retry-period < renew-deadline < lease-duration")]
+    LeaseTimings,
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error("cannot reach the Kubernetes API (set KUBECONFIG or run in a cluster): {0}")]
+    Client(kube::Error),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+    #[error("lost leadership: {0}; exiting so a fresh start can stand by")]
+    LeaseLost(#[from] lease::LeaseLost),
+    #[error("the Role cache cannot be shared")]
+    SharedCache,
+}
+
+pub fn main(args: OperatorArgs) -> Result<(), Box<dyn std::error::Error>> {
+    init_logging(args.log_format);
+    if !(args.retry_period < args.renew_deadline && args.renew_deadline < args.lease_duration) {
+        return Err(OperatorError::LeaseTimings.into());
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(OperatorError::Runtime)?;
+    runtime.block_on(run(args)).map_err(|err| {
+        tracing::error!(error = %err, "operator stopped");
+        err.into()
+    })
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
+    let shutdown = CancellationToken::new();
+    tokio::spawn(stop_on_signal(shutdown.clone()));
+
+    let client = Client::try_default().await.map_err(OperatorError::Client)?;
+    let metrics = Arc::new(Metrics::default());
+    let ready = Arc::new(AtomicBool::new(false));
+    let listener = tokio::net::TcpListener::bind(args.http_addr)
+        .await
+        .map_err(|source| OperatorError::Listen { addr: args.http_addr, source })?;
+    let bound = listener.local_addr().unwrap_or(args.http_addr);
+    tracing::info!(addr = %bound, "serving /healthz, /readyz and /metrics");
+    let health = http::Health { metrics: metrics.clone(), ready: ready.clone() };
+    let http = tokio::spawn(http::serve(listener, health, shutdown.clone()));
+
+    let result = lead(&args, client, metrics, ready, &shutdown).await;
+    shutdown.cancel();
+    if let Ok(Err(err)) = http.await {
+        tracing::warn!(error = %err, "health server stopped with an error");
+    }
+    result
+}
+
+/// Waits for the CRDs and the Lease, then runs the controllers until shutdown
+/// or until the Lease is lost.
+async fn lead(
+    args: &OperatorArgs,
+    client: Client,
+    metrics: Arc<Metrics>,
+    ready: Arc<AtomicBool>,
+    shutdown: &CancellationToken,
+) -> Result<(), OperatorError> {
+    if !crate::k8s::wait_for_crds(client.clone(), Duration::from_secs(10), shutdown.clone()).await {
+        return Ok(());
+    }
+    ready.store(true, Ordering::Relaxed);
+
+    let identity = args.identity.clone().unwrap_or_else(default_identity);
+    let mut elector = Elector::new(
+        client.clone(),
+        LeaseConfig {
+            name: args.lease_name.clone(),
+            namespace: args.lease_namespace.clone(),
+            identity: identity.clone(),
+            lease_duration: Duration::from_secs(args.lease_duration),
+            renew_deadline: Duration::from_secs(args.renew_deadline),
+            retry_period: Duration::from_secs(args.retry_period),
+        },
+    );
+    tracing::info!(%identity, lease = %args.lease_name, namespace = %args.lease_namespace, "waiting for leadership");
+    if !elector.acquire(shutdown).await {
+        return Ok(());
+    }
+    metrics.set_leader(true);
+    tracing::info!(%identity, "leading: starting controllers");
+
+    let ctx = Arc::new(Context {
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter { controller: "girder-operator".into(), instance: Some(identity) },
+        ),
+        client,
+        metrics: metrics.clone(),
+        namespace: args.namespace.clone(),
+        backoff: Backoff::default(),
+    });
+    let controllers = run_controllers(ctx, shutdown.clone());
+    tokio::pin!(controllers);
+    let result = tokio::select! {
+        done = &mut controllers => done,
+        lost = elector.hold() => Err(OperatorError::LeaseLost(lost)),
+    };
+    metrics.set_leader(false);
+    if result.is_ok() {
+        elector.release().await;
+        tracing::info!("controllers stopped; shut down cleanly");
+    }
+    result
+}
+
+async fn run_controllers(ctx: Arc<Context>, shutdown: CancellationToken) -> Result<(), OperatorError> {
+    let roles_api: Api<Role> = match &ctx.namespace {
+        Some(ns) => Api::namespaced(ctx.client.clone(), ns),
+        None => Api::all(ctx.client.clone()),
+    };
+    // One Role cache feeds both controllers; its subscribers hear of a change
+    // only after the cache holds it.
+    let (roles, writer) = reflector::store_shared(16 * 1024);
+    let subscribe = || writer.subscribe().ok_or(OperatorError::SharedCache);
+    let (role_own, role_siblings, workload_roles) = (subscribe()?, subscribe()?, subscribe()?);
+    let stop = shutdown.clone();
+    let role_reflector = async move {
+        let stream = watcher(roles_api, watcher::Config::default())
+            .default_backoff()
+            .reflect_shared(writer)
+            .take_until(async move { stop.cancelled().await });
+        stream
+            .for_each(|event| {
+                if let Err(err) = event {
+                    tracing::warn!(error = %err, "Role watch failed; retrying with backoff");
+                }
+                futures::future::ready(())
+            })
+            .await;
+    };
+    let roles_for_workloads = roles.clone();
+    let workload_shutdown = shutdown.clone();
+    let workload_ctx = ctx.clone();
+    let workloads = async move {
+        // Planning against a half-filled Role cache would report roles as missing.
+        tokio::select! {
+            _ = workload_shutdown.cancelled() => return,
+            _ = roles_for_workloads.wait_until_ready() => {}
+        }
+        controller::workload::run(workload_ctx, roles_for_workloads, workload_roles, workload_shutdown).await
+    };
+    tokio::join!(
+        role_reflector,
+        controller::role::run(ctx, roles, role_own, role_siblings, shutdown),
+        workloads
+    );
+    Ok(())
+}
+
+fn default_identity() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "girder".into());
+    format!("{host}-{}", std::process::id())
+}
+
+async fn stop_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::warn!("cannot install signal handlers; stop with SIGKILL");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+    shutdown.cancel();
+}
