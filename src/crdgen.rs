@@ -16,9 +16,15 @@ pub struct CrdgenArgs {
 #[derive(Debug, thiserror::Error)]
 pub enum CrdgenError {
     #[error("cannot render CRD {name}: {source}")]
-    Render { name: String, source: serde_yaml::Error },
+    Render {
+        name: String,
+        source: serde_yaml::Error,
+    },
     #[error("cannot write {path}: {source}")]
-    Write { path: PathBuf, source: std::io::Error },
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// The file name of a CRD, e.g. `girder.dev_workloads.yaml`.
@@ -45,7 +51,8 @@ pub fn main(args: CrdgenArgs) -> Result<(), Box<dyn std::error::Error>> {
     for dir in &args.out_dirs {
         for crd in &crds {
             let path = dir.join(file_name(crd));
-            std::fs::write(&path, render(crd)?).map_err(|source| CrdgenError::Write { path, source })?;
+            std::fs::write(&path, render(crd)?)
+                .map_err(|source| CrdgenError::Write { path, source })?;
         }
     }
     Ok(())
@@ -72,5 +79,41 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// `kubectl explain` is only useful when every field says what it is.
+    #[test]
+    fn every_field_has_a_description() {
+        fn walk(path: &str, schema: &serde_json::Value, missing: &mut Vec<String>) {
+            if let Some(props) = schema.get("properties").and_then(|p| p.as_object()) {
+                for (name, prop) in props {
+                    let here = format!("{path}.{name}");
+                    let top_level = matches!(name.as_str(), "apiVersion" | "kind" | "metadata");
+                    if !top_level
+                        && prop
+                            .get("description")
+                            .and_then(|d| d.as_str())
+                            .is_none_or(str::is_empty)
+                    {
+                        missing.push(here.clone());
+                    }
+                    walk(&here, prop, missing);
+                }
+            }
+            if let Some(items) = schema.get("items") {
+                walk(&format!("{path}[]"), items, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        for crd in api::crds() {
+            let value = serde_json::to_value(&crd).unwrap();
+            let schema = &value["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+            walk(&crd.spec.names.kind, schema, &mut missing);
+        }
+        assert!(
+            missing.is_empty(),
+            "fields without a description:\n{}",
+            missing.join("\n")
+        );
     }
 }

@@ -1,5 +1,9 @@
 //! The girder custom resources (group `girder.dev`, version `v1alpha1`).
 
+// Repeated `printcolumn(type_ = ...)` entries in `#[kube(...)]` are separate
+// columns, not duplicated attributes.
+#![allow(clippy::duplicated_attributes)]
+
 pub mod condition;
 pub mod network;
 pub mod node;
@@ -20,5 +24,10 @@ pub const GROUP: &str = "girder.dev";
 
 /// Every girder CRD, in a stable order.
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    vec![BareMetalNode::crd(), Network::crd(), Role::crd(), Workload::crd()]
+    vec![
+        BareMetalNode::crd(),
+        Network::crd(),
+        Role::crd(),
+        Workload::crd(),
+    ]
 }

@@ -17,11 +17,36 @@ use serde::{Deserialize, Serialize};
     status = "WorkloadStatus",
     shortname = "wl",
     category = "girder",
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status", description = "Every role Active"),
-    printcolumn(name = "Blocked", type_ = "string", json_path = ".status.conditions[?(@.type==\"Blocked\")].status", description = "Something must be fixed first"),
-    printcolumn(name = "Layers", type_ = "integer", json_path = ".status.layerCount", description = "Layers in the plan"),
-    printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Blocked\")].reason", priority = 1, description = "Why blocked"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status",
+        description = "Every role Active"
+    ),
+    printcolumn(
+        name = "Blocked",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Blocked\")].status",
+        description = "Something must be fixed first"
+    ),
+    printcolumn(
+        name = "Layers",
+        type_ = "integer",
+        json_path = ".status.layerCount",
+        description = "Layers in the plan"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Blocked\")].reason",
+        priority = 1,
+        description = "Why blocked"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct WorkloadSpec {

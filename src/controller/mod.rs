@@ -66,25 +66,42 @@ impl Backoff {
             *count = count.saturating_add(1);
             *count
         };
-        let full = Self::BASE.saturating_mul(1u32 << (attempt - 1).min(16)).min(Self::CAP);
+        let full = Self::BASE
+            .saturating_mul(1u32 << (attempt - 1).min(16))
+            .min(Self::CAP);
         let jitter = rand::rng().random_range(0.5..=1.0);
         full.mul_f64(jitter)
     }
 
     /// Forgets the failures of `key` after a successful reconcile.
     pub fn succeeded(&self, key: &str) {
-        self.failures.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
+        self.failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
     }
 }
 
 /// The backoff key of an object.
 pub fn key<K: Resource<DynamicType = ()>>(obj: &ObjectRef<K>) -> String {
-    format!("{}/{}/{}", K::kind(&()), obj.namespace.as_deref().unwrap_or(""), obj.name)
+    format!(
+        "{}/{}/{}",
+        K::kind(&()),
+        obj.namespace.as_deref().unwrap_or(""),
+        obj.name
+    )
 }
 
 impl Context {
     /// Records an event on `obj`; a failure to record is logged, never fatal.
-    pub async fn event<K: Resource<DynamicType = ()>>(&self, obj: &K, type_: EventType, reason: &str, note: String, action: &str) {
+    pub async fn event<K: Resource<DynamicType = ()>>(
+        &self,
+        obj: &K,
+        type_: EventType,
+        reason: &str,
+        note: String,
+        action: &str,
+    ) {
         let event = Event {
             type_,
             reason: reason.to_string(),

@@ -48,15 +48,25 @@ pub fn decide(role: &Role, graph: &RoleGraph, existing: Option<&RoleStatus>) -> 
                     "Ready",
                     true,
                     "DependenciesResolved",
-                    format!("all {parents} required roles exist and no dependency cycle runs through this role"),
+                    format!(
+                        "all {parents} required roles exist and no dependency cycle runs through this role"
+                    ),
                     generation,
                 ),
-                Condition::new("Blocked", false, "DependenciesResolved", "nothing blocks this role", generation),
+                Condition::new(
+                    "Blocked",
+                    false,
+                    "DependenciesResolved",
+                    "nothing blocks this role",
+                    generation,
+                ),
             ]
         }
         Err(err) => blocked(&err, generation),
     };
-    let existing_conditions = existing.map(|s| s.conditions.as_slice()).unwrap_or_default();
+    let existing_conditions = existing
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
     RoleStatus {
         conditions: condition::merge(existing_conditions, decided),
         observed_generation: generation,
@@ -103,18 +113,30 @@ async fn reconcile(role: Arc<Role>, rc: Arc<RoleContext>) -> Result<Action, Erro
             } else {
                 EventType::Normal
             };
-            ctx.event(role.as_ref(), type_, &now.reason, now.message.clone(), "Resolve").await;
+            ctx.event(
+                role.as_ref(),
+                type_,
+                &now.reason,
+                now.message.clone(),
+                "Resolve",
+            )
+            .await;
         }
     }
     ctx.metrics.reconciled("Role", started.elapsed());
-    ctx.backoff.succeeded(&key(&ObjectRef::from_obj(role.as_ref())));
+    ctx.backoff
+        .succeeded(&key(&ObjectRef::from_obj(role.as_ref())));
     Ok(Action::requeue(Duration::from_secs(3600)))
 }
 
 fn error_policy(role: Arc<Role>, err: &Error, rc: Arc<RoleContext>) -> Action {
     tracing::warn!(role = %role.name_any(), error = %err, "reconcile failed");
     rc.ctx.metrics.failed("Role", err.metric_label());
-    Action::requeue(rc.ctx.backoff.failed(&key(&ObjectRef::from_obj(role.as_ref()))))
+    Action::requeue(
+        rc.ctx
+            .backoff
+            .failed(&key(&ObjectRef::from_obj(role.as_ref()))),
+    )
 }
 
 /// Runs the Role controller on the shared Role cache until `shutdown`.
@@ -138,7 +160,11 @@ pub async fn run(
                 .collect::<Vec<_>>()
         })
         .graceful_shutdown_on(async move { shutdown.cancelled().await })
-        .run(reconcile, error_policy, Arc::new(RoleContext { ctx, roles }))
+        .run(
+            reconcile,
+            error_policy,
+            Arc::new(RoleContext { ctx, roles }),
+        )
         .for_each(|_| futures::future::ready(()))
         .await;
 }
@@ -186,7 +212,11 @@ mod tests {
         let blocked = condition::find(&status.conditions, "Blocked").unwrap();
         assert_eq!(blocked.status, ConditionStatus::True);
         assert_eq!(blocked.reason, "DependencyCycle");
-        assert!(blocked.message.contains("a -> b -> a"), "{}", blocked.message);
+        assert!(
+            blocked.message.contains("a -> b -> a"),
+            "{}",
+            blocked.message
+        );
     }
 
     #[test]

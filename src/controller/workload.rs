@@ -23,7 +23,11 @@ struct WorkloadContext {
 }
 
 /// Decides a Workload's status from the role graph of its namespace (pure).
-pub fn decide(workload: &Workload, graph: &RoleGraph, existing: Option<&WorkloadStatus>) -> WorkloadStatus {
+pub fn decide(
+    workload: &Workload,
+    graph: &RoleGraph,
+    existing: Option<&WorkloadStatus>,
+) -> WorkloadStatus {
     let generation = workload.metadata.generation;
     let placed: Vec<String> = workload.spec.roles.iter().map(|r| r.role.clone()).collect();
     let (plan, decided) = match graph.plan(&placed) {
@@ -39,7 +43,13 @@ pub fn decide(workload: &Workload, graph: &RoleGraph, existing: Option<&Workload
                 .collect();
             let summary = format!("{} roles in {} layers", placed.len(), plan.len());
             let conditions = vec![
-                Condition::new("Blocked", false, "PlanReady", format!("{summary}; nothing blocks the plan"), generation),
+                Condition::new(
+                    "Blocked",
+                    false,
+                    "PlanReady",
+                    format!("{summary}; nothing blocks the plan"),
+                    generation,
+                ),
                 Condition::new(
                     "Ready",
                     false,
@@ -47,8 +57,20 @@ pub fn decide(workload: &Workload, graph: &RoleGraph, existing: Option<&Workload
                     format!("{summary}; roles run once nodes are provisioned"),
                     generation,
                 ),
-                Condition::new("Progressing", false, "AwaitingNodes", "no role is running yet", generation),
-                Condition::new("Degraded", false, "AsExpected", "no binding is in Error", generation),
+                Condition::new(
+                    "Progressing",
+                    false,
+                    "AwaitingNodes",
+                    "no role is running yet",
+                    generation,
+                ),
+                Condition::new(
+                    "Degraded",
+                    false,
+                    "AsExpected",
+                    "no binding is in Error",
+                    generation,
+                ),
             ];
             (plan, conditions)
         }
@@ -58,12 +80,20 @@ pub fn decide(workload: &Workload, graph: &RoleGraph, existing: Option<&Workload
                 Condition::new("Blocked", true, err.reason(), message.clone(), generation),
                 Condition::new("Ready", false, err.reason(), message.clone(), generation),
                 Condition::new("Progressing", false, err.reason(), message, generation),
-                Condition::new("Degraded", false, "AsExpected", "no binding is in Error", generation),
+                Condition::new(
+                    "Degraded",
+                    false,
+                    "AsExpected",
+                    "no binding is in Error",
+                    generation,
+                ),
             ];
             (Vec::new(), conditions)
         }
     };
-    let existing_conditions = existing.map(|s| s.conditions.as_slice()).unwrap_or_default();
+    let existing_conditions = existing
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
     WorkloadStatus {
         conditions: condition::merge(existing_conditions, decided),
         observed_generation: generation,
@@ -75,9 +105,11 @@ pub fn decide(workload: &Workload, graph: &RoleGraph, existing: Option<&Workload
             .iter()
             .map(|r| RoleCounts {
                 role: r.role.clone(),
-                desired: r
-                    .count
-                    .or_else(|| r.nodes.as_ref().map(|n| i32::try_from(n.len()).unwrap_or(i32::MAX))),
+                desired: r.count.or_else(|| {
+                    r.nodes
+                        .as_ref()
+                        .map(|n| i32::try_from(n.len()).unwrap_or(i32::MAX))
+                }),
                 ..Default::default()
             })
             .collect(),
@@ -107,7 +139,8 @@ async fn reconcile(workload: Arc<Workload>, wc: Arc<WorkloadContext>) -> Result<
         announce(ctx, &workload, &status).await;
     }
     ctx.metrics.reconciled("Workload", started.elapsed());
-    ctx.backoff.succeeded(&key(&ObjectRef::from_obj(workload.as_ref())));
+    ctx.backoff
+        .succeeded(&key(&ObjectRef::from_obj(workload.as_ref())));
     Ok(Action::requeue(Duration::from_secs(3600)))
 }
 
@@ -135,7 +168,11 @@ async fn announce(ctx: &Context, workload: &Workload, status: &WorkloadStatus) {
 fn error_policy(workload: Arc<Workload>, err: &Error, wc: Arc<WorkloadContext>) -> Action {
     tracing::warn!(workload = %workload.name_any(), error = %err, "reconcile failed");
     wc.ctx.metrics.failed("Workload", err.metric_label());
-    Action::requeue(wc.ctx.backoff.failed(&key(&ObjectRef::from_obj(workload.as_ref()))))
+    Action::requeue(
+        wc.ctx
+            .backoff
+            .failed(&key(&ObjectRef::from_obj(workload.as_ref()))),
+    )
 }
 
 /// Runs the Workload controller until `shutdown`; `role_changes` re-plans
@@ -163,7 +200,11 @@ pub async fn run(
                 .collect::<Vec<_>>()
         })
         .graceful_shutdown_on(async move { shutdown.cancelled().await })
-        .run(reconcile, error_policy, Arc::new(WorkloadContext { ctx, roles }))
+        .run(
+            reconcile,
+            error_policy,
+            Arc::new(WorkloadContext { ctx, roles }),
+        )
         .for_each(|_| futures::future::ready(()))
         .await;
 }
@@ -216,7 +257,12 @@ mod tests {
         assert!(status.plan[1].barrier);
         assert_eq!(status.layer_count, Some(2));
         assert_eq!(status.observed_generation, Some(7));
-        assert!(status.conditions.iter().all(|c| c.observed_generation == Some(7)));
+        assert!(
+            status
+                .conditions
+                .iter()
+                .all(|c| c.observed_generation == Some(7))
+        );
         assert_eq!(status.roles[0].desired, Some(3));
         let blocked = condition::find(&status.conditions, "Blocked").unwrap();
         assert_eq!(blocked.status, ConditionStatus::False);

@@ -25,7 +25,9 @@ pub struct RoleDef {
 }
 
 /// The state of one role bound to one node.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, JsonSchema)]
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, JsonSchema,
+)]
 pub enum BindingState {
     /// Placed, not yet evaluated.
     Proposed,
@@ -46,9 +48,14 @@ pub enum BindingState {
 pub enum GraphError {
     /// A role is named but does not exist.
     #[error("{}", missing_message(.role, .required_by.as_deref()))]
-    MissingRole { role: String, required_by: Option<String> },
+    MissingRole {
+        role: String,
+        required_by: Option<String>,
+    },
     /// A role requires a parent the workload does not place.
-    #[error("role {required_by} requires {role}, which this workload does not place: add {role} to spec.roles")]
+    #[error(
+        "role {required_by} requires {role}, which this workload does not place: add {role} to spec.roles"
+    )]
     NotPlaced { role: String, required_by: String },
     /// The roles require each other in a circle; the path starts and ends with the same role.
     #[error("dependency cycle: {} (each role requires the next); remove one of these requirements", .0.join(" -> "))]
@@ -57,7 +64,9 @@ pub enum GraphError {
 
 fn missing_message(role: &str, required_by: Option<&str>) -> String {
     match required_by {
-        Some(child) => format!("role {child} requires {role}, which does not exist in this namespace"),
+        Some(child) => {
+            format!("role {child} requires {role}, which does not exist in this namespace")
+        }
         None => format!("role {role} does not exist in this namespace"),
     }
 }
@@ -107,10 +116,18 @@ impl RoleGraph {
         let mut stack = vec![(role.to_string(), None::<String>)];
         while let Some((name, child)) = stack.pop() {
             let Some(def) = self.roles.get(&name) else {
-                return Err(GraphError::MissingRole { role: name, required_by: child });
+                return Err(GraphError::MissingRole {
+                    role: name,
+                    required_by: child,
+                });
             };
             if ancestry.insert(name.clone()) {
-                stack.extend(def.requires.iter().rev().map(|p| (p.clone(), Some(name.clone()))));
+                stack.extend(
+                    def.requires
+                        .iter()
+                        .rev()
+                        .map(|p| (p.clone(), Some(name.clone()))),
+                );
             }
         }
         match find_cycle(&ancestry, |name| self.parents(name)) {
@@ -125,10 +142,13 @@ impl RoleGraph {
     pub fn plan(&self, placed: &[String]) -> Result<Vec<Layer>, GraphError> {
         let placed: BTreeSet<&str> = placed.iter().map(String::as_str).collect();
         for &name in &placed {
-            let def = self.roles.get(name).ok_or_else(|| GraphError::MissingRole {
-                role: name.to_string(),
-                required_by: None,
-            })?;
+            let def = self
+                .roles
+                .get(name)
+                .ok_or_else(|| GraphError::MissingRole {
+                    role: name.to_string(),
+                    required_by: None,
+                })?;
             for parent in &def.requires {
                 if !self.roles.contains_key(parent) {
                     return Err(GraphError::MissingRole {
@@ -158,14 +178,21 @@ impl RoleGraph {
                 }
                 let parents = &self.roles[name].requires;
                 if parents.iter().all(|p| depth.contains_key(p.as_str())) {
-                    let d = parents.iter().map(|p| depth[p.as_str()] + 1).max().unwrap_or(0);
+                    let d = parents
+                        .iter()
+                        .map(|p| depth[p.as_str()] + 1)
+                        .max()
+                        .unwrap_or(0);
                     depth.insert(name, d);
                 }
             }
         }
         let layer_count = depth.values().max().map_or(0, |d| d + 1);
         let mut layers: Vec<Layer> = (0..layer_count)
-            .map(|_| Layer { roles: Vec::new(), barrier: false })
+            .map(|_| Layer {
+                roles: Vec::new(),
+                barrier: false,
+            })
             .collect();
         for (name, d) in depth {
             let def = &self.roles[name];
@@ -187,7 +214,10 @@ impl RoleGraph {
 /// Finds a cycle among `nodes` (edges from `edges`, ignoring targets outside
 /// `nodes`), deterministically: the returned path starts at the smallest
 /// member of the cycle and ends with it again.
-fn find_cycle<'a, 'e, I>(nodes: &'a BTreeSet<String>, edges: impl Fn(&str) -> I) -> Option<Vec<String>>
+fn find_cycle<'a, 'e, I>(
+    nodes: &'a BTreeSet<String>,
+    edges: impl Fn(&str) -> I,
+) -> Option<Vec<String>>
 where
     I: Iterator<Item = &'e str>,
 {
@@ -232,7 +262,10 @@ where
 }
 
 /// Targets inside `nodes`, reversed so that popping visits them in order.
-fn sorted_targets<'a, 'e>(nodes: &'a BTreeSet<String>, targets: impl Iterator<Item = &'e str>) -> Vec<&'a str> {
+fn sorted_targets<'a, 'e>(
+    nodes: &'a BTreeSet<String>,
+    targets: impl Iterator<Item = &'e str>,
+) -> Vec<&'a str> {
     let mut targets: Vec<&str> = targets
         .filter_map(|t| nodes.get(t).map(String::as_str))
         .collect();

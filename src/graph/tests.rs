@@ -27,7 +27,13 @@ fn kubernetes_lab() -> RoleGraph {
 fn plan_layers_follow_dependencies() {
     let graph = kubernetes_lab();
     let layers = graph
-        .plan(&names(&["k8s-worker", "k8s-master", "etcd-cluster", "etcd-install", "node-base"]))
+        .plan(&names(&[
+            "k8s-worker",
+            "k8s-master",
+            "etcd-cluster",
+            "etcd-install",
+            "node-base",
+        ]))
         .unwrap();
     let roles: Vec<Vec<&str>> = layers
         .iter()
@@ -67,8 +73,17 @@ fn empty_placement_gives_an_empty_plan() {
 #[test]
 fn missing_placed_role_is_named() {
     let err = kubernetes_lab().plan(&names(&["ceph-mon"])).unwrap_err();
-    assert_eq!(err, GraphError::MissingRole { role: "ceph-mon".into(), required_by: None });
-    assert_eq!(err.to_string(), "role ceph-mon does not exist in this namespace");
+    assert_eq!(
+        err,
+        GraphError::MissingRole {
+            role: "ceph-mon".into(),
+            required_by: None
+        }
+    );
+    assert_eq!(
+        err.to_string(),
+        "role ceph-mon does not exist in this namespace"
+    );
     assert_eq!(err.reason(), "MissingRole");
 }
 
@@ -76,7 +91,10 @@ fn missing_placed_role_is_named() {
 fn missing_parent_names_parent_and_child() {
     let graph = RoleGraph::new([role("app", &["db"], Scope::Node)]);
     let err = graph.plan(&names(&["app"])).unwrap_err();
-    assert_eq!(err.to_string(), "role app requires db, which does not exist in this namespace");
+    assert_eq!(
+        err.to_string(),
+        "role app requires db, which does not exist in this namespace"
+    );
 }
 
 #[test]
@@ -84,7 +102,10 @@ fn unplaced_parent_is_refused() {
     let err = kubernetes_lab().plan(&names(&["k8s-worker"])).unwrap_err();
     assert_eq!(
         err,
-        GraphError::NotPlaced { role: "k8s-master".into(), required_by: "k8s-worker".into() }
+        GraphError::NotPlaced {
+            role: "k8s-master".into(),
+            required_by: "k8s-worker".into()
+        }
     );
     assert_eq!(err.reason(), "RoleNotPlaced");
 }
@@ -108,8 +129,14 @@ fn cycle_is_named_in_order_from_its_smallest_member() {
 
 #[test]
 fn two_role_cycle() {
-    let graph = RoleGraph::new([role("y", &["x"], Scope::Node), role("x", &["y"], Scope::Node)]);
-    assert_eq!(graph.plan(&names(&["x", "y"])).unwrap_err(), GraphError::Cycle(names(&["x", "y", "x"])));
+    let graph = RoleGraph::new([
+        role("y", &["x"], Scope::Node),
+        role("x", &["y"], Scope::Node),
+    ]);
+    assert_eq!(
+        graph.plan(&names(&["x", "y"])).unwrap_err(),
+        GraphError::Cycle(names(&["x", "y", "x"]))
+    );
 }
 
 #[test]
@@ -122,10 +149,16 @@ fn check_role_accepts_a_sound_ancestry() {
 
 #[test]
 fn check_role_reports_a_missing_ancestor() {
-    let graph = RoleGraph::new([role("top", &["mid"], Scope::Node), role("mid", &["gone"], Scope::Node)]);
+    let graph = RoleGraph::new([
+        role("top", &["mid"], Scope::Node),
+        role("mid", &["gone"], Scope::Node),
+    ]);
     assert_eq!(
         graph.check_role("top"),
-        Err(GraphError::MissingRole { role: "gone".into(), required_by: Some("mid".into()) })
+        Err(GraphError::MissingRole {
+            role: "gone".into(),
+            required_by: Some("mid".into())
+        })
     );
 }
 
@@ -136,7 +169,10 @@ fn check_role_reports_a_cycle_above_it() {
         role("p", &["q"], Scope::Node),
         role("q", &["p"], Scope::Node),
     ]);
-    assert_eq!(graph.check_role("leaf"), Err(GraphError::Cycle(names(&["p", "q", "p"]))));
+    assert_eq!(
+        graph.check_role("leaf"),
+        Err(GraphError::Cycle(names(&["p", "q", "p"])))
+    );
 }
 
 #[test]
@@ -148,7 +184,9 @@ fn diamond_is_not_a_cycle() {
         role("top", &["left", "right"], Scope::Cluster),
     ]);
     assert_eq!(graph.check_role("top"), Ok(()));
-    let layers = graph.plan(&names(&["base", "left", "right", "top"])).unwrap();
+    let layers = graph
+        .plan(&names(&["base", "left", "right", "top"]))
+        .unwrap();
     assert_eq!(layers[1].roles, ["left", "right"]);
     assert!(layers[2].barrier);
 }
@@ -160,27 +198,36 @@ mod properties {
     /// Random acyclic graphs: role i may only require roles with a smaller index.
     fn acyclic_graph() -> impl Strategy<Value = Vec<RoleDef>> {
         (1usize..24).prop_flat_map(|n| {
-            proptest::collection::vec((proptest::collection::vec(any::<prop::sample::Index>(), 0..4), any::<bool>()), n)
-                .prop_map(move |specs| {
-                    specs
-                        .into_iter()
-                        .enumerate()
-                        .map(|(i, (parents, cluster))| {
-                            let mut requires: Vec<String> = if i == 0 {
-                                Vec::new()
-                            } else {
-                                parents.iter().map(|p| format!("r{:02}", p.index(i))).collect()
-                            };
-                            requires.sort();
-                            requires.dedup();
-                            RoleDef {
-                                name: format!("r{i:02}"),
-                                requires,
-                                scope: if cluster { Scope::Cluster } else { Scope::Node },
-                            }
-                        })
-                        .collect()
-                })
+            proptest::collection::vec(
+                (
+                    proptest::collection::vec(any::<prop::sample::Index>(), 0..4),
+                    any::<bool>(),
+                ),
+                n,
+            )
+            .prop_map(move |specs| {
+                specs
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, (parents, cluster))| {
+                        let mut requires: Vec<String> = if i == 0 {
+                            Vec::new()
+                        } else {
+                            parents
+                                .iter()
+                                .map(|p| format!("r{:02}", p.index(i)))
+                                .collect()
+                        };
+                        requires.sort();
+                        requires.dedup();
+                        RoleDef {
+                            name: format!("r{i:02}"),
+                            requires,
+                            scope: if cluster { Scope::Cluster } else { Scope::Node },
+                        }
+                    })
+                    .collect()
+            })
         })
     }
 

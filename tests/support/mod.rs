@@ -1,0 +1,331 @@
+//! Shared harness of the integration tests: a real API server (started by
+//! `make test` through e2e/controlplane.sh, or any cluster in KUBECONFIG),
+//! one namespace per test, and the real `girder` binary as a child process.
+#![allow(dead_code)]
+
+use girder::api;
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::runtime::wait::{await_condition, conditions};
+use kube::{Api, Client, ResourceExt};
+use std::future::Future;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long any condition may take before a test fails. Generous on purpose:
+/// tests wait on conditions, and a slow machine only makes them wait longer.
+pub const PATIENCE: Duration = Duration::from_secs(90);
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub async fn client() -> Client {
+    if std::env::var_os("KUBECONFIG").is_none() {
+        panic!(
+            "KUBECONFIG is not set: run `make test`, or `make controlplane` and export KUBECONFIG=$GIRDER_HOME/kubeconfig"
+        );
+    }
+    Client::try_default()
+        .await
+        .expect("a client from KUBECONFIG")
+}
+
+/// Installs (server-side apply) the CRDs generated from the Rust types and
+/// waits until each is Established.
+pub async fn install_crds(client: &Client) {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in api::crds() {
+        let name = crd.name_any();
+        crds.patch(
+            &name,
+            &PatchParams::apply("girder-tests").force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("apply CRD {name}: {e}"));
+        tokio::time::timeout(
+            PATIENCE,
+            await_condition(crds.clone(), &name, conditions::is_crd_established()),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("CRD {name} not Established"))
+        .unwrap_or_else(|e| panic!("watch CRD {name}: {e}"));
+    }
+}
+
+/// A namespace of its own for one test, deleted when dropped.
+pub struct TestNamespace {
+    pub name: String,
+}
+
+impl TestNamespace {
+    pub async fn new(client: &Client, prefix: &str) -> Self {
+        let name = format!("{prefix}-{:08x}", rand_u32());
+        let namespaces: Api<Namespace> = Api::all(client.clone());
+        let ns: Namespace = serde_json::from_value(serde_json::json!({
+            "metadata": { "name": name, "labels": { "girder.dev/test": "true" } }
+        }))
+        .unwrap();
+        namespaces
+            .create(&PostParams::default(), &ns)
+            .await
+            .expect("create test namespace");
+        Self { name }
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        // Best effort, without waiting: the control plane is thrown away anyway.
+        let _ = kubectl()
+            .args([
+                "delete",
+                "namespace",
+                &self.name,
+                "--wait=false",
+                "--ignore-not-found",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+fn rand_u32() -> u32 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    nanos
+        ^ std::process::id().rotate_left(16)
+        ^ (COUNTER.fetch_add(0x9e37_79b9, std::sync::atomic::Ordering::Relaxed))
+}
+
+static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
+
+/// `kubectl` as the harness chose it (GIRDER_KUBECTL), against KUBECONFIG.
+pub fn kubectl() -> Command {
+    let mut cmd =
+        Command::new(std::env::var("GIRDER_KUBECTL").unwrap_or_else(|_| "kubectl".into()));
+    cmd.current_dir(repo_root());
+    cmd
+}
+
+/// `helm` as the harness chose it (GIRDER_HELM).
+pub fn helm() -> Command {
+    let mut cmd = Command::new(std::env::var("GIRDER_HELM").unwrap_or_else(|_| "helm".into()));
+    cmd.current_dir(repo_root());
+    cmd
+}
+
+/// Runs a command, panicking with its output when it fails; returns stdout.
+pub fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\nstdout:\n{stdout}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// Polls `check` until it returns `Some`, or fails the test after `PATIENCE`
+/// naming what it waited for.
+pub async fn wait_for<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {PATIENCE:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A `girder operator` child process, watching one namespace.
+pub struct Operator {
+    child: Child,
+    pub identity: String,
+    pub http: String,
+    pub log: PathBuf,
+}
+
+pub struct OperatorOptions<'a> {
+    pub namespace: &'a str,
+    pub lease_name: &'a str,
+    pub identity: &'a str,
+    pub lease_duration: u64,
+    pub renew_deadline: u64,
+    pub retry_period: u64,
+}
+
+impl<'a> OperatorOptions<'a> {
+    pub fn new(namespace: &'a str, identity: &'a str) -> Self {
+        Self {
+            namespace,
+            lease_name: "girder-operator",
+            identity,
+            lease_duration: 15,
+            renew_deadline: 10,
+            retry_period: 2,
+        }
+    }
+}
+
+impl Operator {
+    pub fn start(opts: OperatorOptions<'_>) -> Self {
+        let port = free_port();
+        let http = format!("127.0.0.1:{port}");
+        let log =
+            std::env::temp_dir().join(format!("girder-{}-{}.log", opts.namespace, opts.identity));
+        let log_file = std::fs::File::create(&log).expect("operator log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_girder"))
+            .args([
+                "operator",
+                "--namespace",
+                opts.namespace,
+                "--lease-namespace",
+                opts.namespace,
+            ])
+            .args([
+                "--lease-name",
+                opts.lease_name,
+                "--identity",
+                opts.identity,
+                "--http-addr",
+                &http,
+            ])
+            .args(["--lease-duration", &opts.lease_duration.to_string()])
+            .args(["--renew-deadline", &opts.renew_deadline.to_string()])
+            .args(["--retry-period", &opts.retry_period.to_string()])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .expect("start girder operator");
+        Self {
+            child,
+            identity: opts.identity.to_string(),
+            http,
+            log,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal (e.g. "TERM", "KILL") to the process.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.pid().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} {}", self.pid());
+    }
+
+    /// Waits for the process to exit and returns its exit code (None if killed by a signal).
+    pub async fn wait_exit(&mut self) -> Option<i32> {
+        let status = wait_for("the operator to exit", || {
+            let status = self.child.try_wait().expect("try_wait");
+            async move { status }
+        })
+        .await;
+        status.code()
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// GET a path on the operator's HTTP endpoint: (status code, body).
+    pub fn get(&self, path: &str) -> Option<(u16, String)> {
+        http_get(&self.http, path)
+    }
+
+    /// The sum of the samples of a metric whose line starts with `prefix`.
+    pub fn metric(&self, prefix: &str) -> Option<f64> {
+        let (code, body) = self.get("/metrics")?;
+        if code != 200 {
+            return None;
+        }
+        Some(
+            body.lines()
+                .filter(|l| l.starts_with(prefix))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum(),
+        )
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect(addr).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let code = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Some((code, body))
+}
+
+/// Applies a YAML document (with `kubectl apply -f -`) into `namespace`.
+pub fn apply_yaml(namespace: &str, yaml: &str) -> String {
+    let mut child = kubectl()
+        .args(["apply", "-n", namespace, "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run kubectl");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(yaml.as_bytes())
+        .expect("write yaml");
+    let out = child.wait_with_output().expect("kubectl output");
+    assert!(
+        out.status.success(),
+        "kubectl apply failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn path_str(path: &Path) -> &str {
+    path.to_str().expect("utf-8 path")
+}
