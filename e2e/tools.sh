@@ -99,16 +99,25 @@ GO
   )
 }
 
+# Helm's own release build stamps the Kubernetes version `helm template` and
+# `helm lint` assume when no cluster is asked; without it they assume 1.20.
+HELM_K8S_MINOR="${K8S_VERSION#v1.}"; HELM_K8S_MINOR="${HELM_K8S_MINOR%%.*}"
+HELM_BIN="helm-$HELM_VERSION-k8s1.$HELM_K8S_MINOR"
+
 build_helm() {
-  [ -x "$BIN/helm-$HELM_VERSION" ] && return
+  [ -x "$BIN/$HELM_BIN" ] && return
   need_go
   local dir="$WORK/helm-$HELM_VERSION"
   mkdir -p "$dir"
   log "building helm $HELM_VERSION (first run only)"
   (
     cd "$dir"
-    GOBIN="$dir" CGO_ENABLED=0 go install -trimpath -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" >&2
-    mv "$dir/helm" "$BIN/helm-$HELM_VERSION"
+    local stamp=""
+    for pkg in pkg/chartutil pkg/lint/rules; do
+      stamp+=" -X helm.sh/helm/v3/$pkg.k8sVersionMajor=1 -X helm.sh/helm/v3/$pkg.k8sVersionMinor=$HELM_K8S_MINOR"
+    done
+    GOBIN="$dir" CGO_ENABLED=0 go install -trimpath -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION$stamp" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" >&2
+    mv "$dir/helm" "$BIN/$HELM_BIN"
   )
 }
 
@@ -119,7 +128,7 @@ link_assets() {
   ln -sfn "$BIN/etcd-$ETCD_VERSION" "$assets/etcd"
   ln -sfn "$BIN/kube-apiserver-$K8S_VERSION" "$assets/kube-apiserver"
   ln -sfn "$BIN/kubectl-$K8S_VERSION" "$assets/kubectl"
-  ln -sfn "$BIN/helm-$HELM_VERSION" "$assets/helm"
+  ln -sfn "$BIN/$HELM_BIN" "$assets/helm"
   echo "$assets"
 }
 

@@ -168,6 +168,10 @@ pub struct Operator {
 
 pub struct OperatorOptions<'a> {
     pub namespace: &'a str,
+    /// Namespace of the Lease; the watched namespace when `None`.
+    pub lease_namespace: Option<&'a str>,
+    /// Credentials to run with; the harness's KUBECONFIG when `None`.
+    pub kubeconfig: Option<&'a Path>,
     pub lease_name: &'a str,
     pub identity: &'a str,
     pub lease_duration: u64,
@@ -179,6 +183,8 @@ impl<'a> OperatorOptions<'a> {
     pub fn new(namespace: &'a str, identity: &'a str) -> Self {
         Self {
             namespace,
+            lease_namespace: None,
+            kubeconfig: None,
             lease_name: "girder-operator",
             identity,
             lease_duration: 15,
