@@ -4,7 +4,11 @@
 pub mod role;
 pub mod workload;
 
+use crate::api::ConditionStatus;
+use crate::api::condition::{self, Condition};
 use crate::operator::metrics::Metrics;
+use kube::core::DeserializeGuard;
+use kube::core::error_boundary::InvalidObject;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Client, Resource};
@@ -113,6 +117,68 @@ impl Context {
             tracing::warn!(reason, error = %err, "cannot record event");
         }
     }
+}
+
+/// Records an event when the `Blocked` condition changes status or reason:
+/// a Warning when something now blocks, a Normal event when it clears.
+pub async fn announce_blocked<K: Resource<DynamicType = ()>>(
+    ctx: &Context,
+    obj: &K,
+    before: &[Condition],
+    after: &[Condition],
+    action: &str,
+) {
+    let Some(now) = condition::find(after, "Blocked") else {
+        return;
+    };
+    let was = condition::find(before, "Blocked");
+    if was.is_some_and(|was| was.status == now.status && was.reason == now.reason) {
+        return;
+    }
+    let type_ = if now.status == ConditionStatus::True {
+        EventType::Warning
+    } else {
+        EventType::Normal
+    };
+    ctx.event(obj, type_, &now.reason, now.message.clone(), action)
+        .await;
+}
+
+/// The object inside a guard, or `None` after recording a Warning event
+/// that says why it cannot be read: one malformed object never stops the
+/// watch of the others.
+pub async fn readable<'a, K>(ctx: &Context, guard: &'a DeserializeGuard<K>) -> Option<&'a K>
+where
+    K: Resource<DynamicType = ()>,
+{
+    match &guard.0 {
+        Ok(obj) => Some(obj),
+        Err(InvalidObject { error, metadata }) => {
+            let name = metadata.name.as_deref().unwrap_or_default();
+            let kind = K::kind(&());
+            tracing::warn!(%kind, %name, %error, "cannot read object; skipping it until it changes");
+            let note = format!(
+                "cannot read {kind} {name}: {error}; fix the object (kubectl edit) or delete and re-create it"
+            );
+            ctx.event(guard, EventType::Warning, "InvalidObject", note, "Read")
+                .await;
+            None
+        }
+    }
+}
+
+/// Records a failed reconcile as a Warning event whose reason is the error
+/// variant, without blocking the (synchronous) error policy.
+pub fn warn_later<K>(ctx: Arc<Context>, obj: Arc<K>, err: &Error)
+where
+    K: Resource<DynamicType = ()> + Send + Sync + 'static,
+{
+    let reason = err.metric_label();
+    let note = err.to_string();
+    tokio::spawn(async move {
+        ctx.event(obj.as_ref(), EventType::Warning, reason, note, "Reconcile")
+            .await
+    });
 }
 
 #[cfg(test)]

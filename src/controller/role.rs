@@ -6,35 +6,45 @@ use crate::api::{Role, RoleScope, RoleStatus};
 use crate::graph::{GraphError, RoleDef, RoleGraph, Scope};
 use crate::k8s::{apply_status, manager};
 use futures::StreamExt;
+use kube::core::DeserializeGuard;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::EventType;
 use kube::runtime::reflector::{ObjectRef, ReflectHandle, Store};
 use kube::{Api, ResourceExt};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
+/// A Role as the cache holds it: readable or not.
+pub type GuardedRole = DeserializeGuard<Role>;
+
 struct RoleContext {
     ctx: Arc<Context>,
-    roles: Store<Role>,
+    roles: Store<GuardedRole>,
 }
 
-/// The graph of the roles in `namespace`, from the cache.
-pub fn graph_of(roles: &Store<Role>, namespace: &str) -> RoleGraph {
-    RoleGraph::new(
-        roles
-            .state()
-            .iter()
-            .filter(|r| r.namespace().as_deref() == Some(namespace))
-            .map(|r| RoleDef {
-                name: r.name_any(),
-                requires: r.spec.requires.clone(),
-                scope: match r.spec.scope {
+/// The graph of the roles in `namespace`, from the cache; roles that cannot
+/// be read are named as such.
+pub fn graph_of(roles: &Store<GuardedRole>, namespace: &str) -> RoleGraph {
+    let mut defs = Vec::new();
+    let mut unreadable = Vec::new();
+    for guard in roles
+        .state()
+        .iter()
+        .filter(|r| r.namespace().as_deref() == Some(namespace))
+    {
+        match &guard.0 {
+            Ok(role) => defs.push(RoleDef {
+                name: role.name_any(),
+                requires: role.spec.requires.clone(),
+                scope: match role.spec.scope {
                     RoleScope::Node => Scope::Node,
                     RoleScope::Cluster => Scope::Cluster,
                 },
             }),
-    )
+            Err(invalid) => unreadable.push((guard.name_any(), invalid.error.clone())),
+        }
+    }
+    RoleGraph::new(defs).with_unreadable(unreadable)
 }
 
 /// Decides a Role's status from the graph of its namespace (pure).
@@ -80,18 +90,22 @@ fn blocked(err: &GraphError, generation: Option<i64>) -> Vec<Condition> {
     ]
 }
 
-async fn reconcile(role: Arc<Role>, rc: Arc<RoleContext>) -> Result<Action, Error> {
+#[tracing::instrument(skip_all, fields(namespace = guard.namespace().unwrap_or_default(), role = %guard.name_any()))]
+async fn reconcile(guard: Arc<GuardedRole>, rc: Arc<RoleContext>) -> Result<Action, Error> {
     let ctx = &rc.ctx;
+    let Some(role) = super::readable(ctx, guard.as_ref()).await else {
+        return Ok(Action::await_change());
+    };
     let started = Instant::now();
     let namespace = role.namespace().ok_or_else(|| Error::NoNamespace {
         kind: "Role",
         name: role.name_any(),
     })?;
     let graph = graph_of(&rc.roles, &namespace);
-    let status = decide(&role, &graph, role.status.as_ref());
+    let status = decide(role, &graph, role.status.as_ref());
     if role.status.as_ref() != Some(&status) {
         let api: Api<Role> = Api::namespaced(ctx.client.clone(), &namespace);
-        apply_status(&api, &role, manager::ROLE, &status)
+        apply_status(&api, role, manager::ROLE, &status)
             .await
             .map_err(|source| Error::StatusWrite {
                 kind: "Role",
@@ -100,57 +114,42 @@ async fn reconcile(role: Arc<Role>, rc: Arc<RoleContext>) -> Result<Action, Erro
                 source,
             })?;
         ctx.metrics.status_written("Role");
-        let was_blocked = role
+        let before = role
             .status
             .as_ref()
-            .and_then(|s| condition::find(&s.conditions, "Blocked"))
-            .map(|c| c.status);
-        if let Some(now) = condition::find(&status.conditions, "Blocked")
-            && Some(now.status) != was_blocked
-        {
-            let type_ = if now.status == crate::api::ConditionStatus::True {
-                EventType::Warning
-            } else {
-                EventType::Normal
-            };
-            ctx.event(
-                role.as_ref(),
-                type_,
-                &now.reason,
-                now.message.clone(),
-                "Resolve",
-            )
-            .await;
-        }
+            .map(|s| s.conditions.as_slice())
+            .unwrap_or_default();
+        super::announce_blocked(ctx, role, before, &status.conditions, "Resolve").await;
     }
     ctx.metrics.reconciled("Role", started.elapsed());
     ctx.backoff
-        .succeeded(&key(&ObjectRef::from_obj(role.as_ref())));
+        .succeeded(&key(&ObjectRef::from_obj(guard.as_ref())));
     Ok(Action::requeue(Duration::from_secs(3600)))
 }
 
-fn error_policy(role: Arc<Role>, err: &Error, rc: Arc<RoleContext>) -> Action {
-    tracing::warn!(role = %role.name_any(), error = %err, "reconcile failed");
+fn error_policy(guard: Arc<GuardedRole>, err: &Error, rc: Arc<RoleContext>) -> Action {
+    tracing::warn!(role = %guard.name_any(), error = %err, "reconcile failed");
     rc.ctx.metrics.failed("Role", err.metric_label());
+    super::warn_later(rc.ctx.clone(), guard.clone(), err);
     Action::requeue(
         rc.ctx
             .backoff
-            .failed(&key(&ObjectRef::from_obj(role.as_ref()))),
+            .failed(&key(&ObjectRef::from_obj(guard.as_ref()))),
     )
 }
 
 /// Runs the Role controller on the shared Role cache until `shutdown`.
 pub async fn run(
     ctx: Arc<Context>,
-    roles: Store<Role>,
-    own: ReflectHandle<Role>,
-    siblings: ReflectHandle<Role>,
+    roles: Store<GuardedRole>,
+    own: ReflectHandle<GuardedRole>,
+    siblings: ReflectHandle<GuardedRole>,
     shutdown: CancellationToken,
 ) {
     let mapper_roles = roles.clone();
     Controller::for_shared_stream(own, roles.clone())
         // A role's status depends on its ancestors: re-check the namespace on any change.
-        .watches_shared_stream(siblings, move |changed: Arc<Role>| {
+        .watches_shared_stream(siblings, move |changed: Arc<GuardedRole>| {
             let namespace = changed.namespace();
             mapper_roles
                 .state()

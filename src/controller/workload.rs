@@ -1,15 +1,16 @@
 //! The Workload controller: validates the role graph a workload places and
 //! publishes its plan, so the order is visible before anything runs.
 
+use super::role::GuardedRole;
 use super::{Context, Error, key};
 use crate::api::condition::{self, Condition};
 use crate::api::workload::RoleCounts;
-use crate::api::{ConditionStatus, PlanLayer, Role, Workload, WorkloadStatus};
+use crate::api::{PlanLayer, Workload, WorkloadStatus};
 use crate::graph::RoleGraph;
 use crate::k8s::{apply_status, manager};
 use futures::StreamExt;
+use kube::core::DeserializeGuard;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::EventType;
 use kube::runtime::reflector::{ObjectRef, ReflectHandle, Store};
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
@@ -19,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 struct WorkloadContext {
     ctx: Arc<Context>,
-    roles: Store<Role>,
+    roles: Store<GuardedRole>,
 }
 
 /// Decides a Workload's status from the role graph of its namespace (pure).
@@ -116,18 +117,25 @@ pub fn decide(
     }
 }
 
-async fn reconcile(workload: Arc<Workload>, wc: Arc<WorkloadContext>) -> Result<Action, Error> {
+#[tracing::instrument(skip_all, fields(namespace = guard.namespace().unwrap_or_default(), workload = %guard.name_any()))]
+async fn reconcile(
+    guard: Arc<DeserializeGuard<Workload>>,
+    wc: Arc<WorkloadContext>,
+) -> Result<Action, Error> {
     let ctx = &wc.ctx;
+    let Some(workload) = super::readable(ctx, guard.as_ref()).await else {
+        return Ok(Action::await_change());
+    };
     let started = Instant::now();
     let namespace = workload.namespace().ok_or_else(|| Error::NoNamespace {
         kind: "Workload",
         name: workload.name_any(),
     })?;
     let graph = super::role::graph_of(&wc.roles, &namespace);
-    let status = decide(&workload, &graph, workload.status.as_ref());
+    let status = decide(workload, &graph, workload.status.as_ref());
     if workload.status.as_ref() != Some(&status) {
         let api: Api<Workload> = Api::namespaced(ctx.client.clone(), &namespace);
-        apply_status(&api, &workload, manager::WORKLOAD, &status)
+        apply_status(&api, workload, manager::WORKLOAD, &status)
             .await
             .map_err(|source| Error::StatusWrite {
                 kind: "Workload",
@@ -136,42 +144,31 @@ async fn reconcile(workload: Arc<Workload>, wc: Arc<WorkloadContext>) -> Result<
                 source,
             })?;
         ctx.metrics.status_written("Workload");
-        announce(ctx, &workload, &status).await;
+        let before = workload
+            .status
+            .as_ref()
+            .map(|s| s.conditions.as_slice())
+            .unwrap_or_default();
+        super::announce_blocked(ctx, workload, before, &status.conditions, "Plan").await;
     }
     ctx.metrics.reconciled("Workload", started.elapsed());
     ctx.backoff
-        .succeeded(&key(&ObjectRef::from_obj(workload.as_ref())));
+        .succeeded(&key(&ObjectRef::from_obj(guard.as_ref())));
     Ok(Action::requeue(Duration::from_secs(3600)))
 }
 
-/// Records an event when the workload becomes blocked or unblocked.
-async fn announce(ctx: &Context, workload: &Workload, status: &WorkloadStatus) {
-    let before = workload
-        .status
-        .as_ref()
-        .and_then(|s| condition::find(&s.conditions, "Blocked"))
-        .map(|c| (c.status, c.reason.clone()));
-    let Some(now) = condition::find(&status.conditions, "Blocked") else {
-        return;
-    };
-    if before == Some((now.status, now.reason.clone())) {
-        return;
-    }
-    let (type_, reason, note) = if now.status == ConditionStatus::True {
-        (EventType::Warning, now.reason.as_str(), now.message.clone())
-    } else {
-        (EventType::Normal, "Planned", now.message.clone())
-    };
-    ctx.event(workload, type_, reason, note, "Plan").await;
-}
-
-fn error_policy(workload: Arc<Workload>, err: &Error, wc: Arc<WorkloadContext>) -> Action {
-    tracing::warn!(workload = %workload.name_any(), error = %err, "reconcile failed");
+fn error_policy(
+    guard: Arc<DeserializeGuard<Workload>>,
+    err: &Error,
+    wc: Arc<WorkloadContext>,
+) -> Action {
+    tracing::warn!(workload = %guard.name_any(), error = %err, "reconcile failed");
     wc.ctx.metrics.failed("Workload", err.metric_label());
+    super::warn_later(wc.ctx.clone(), guard.clone(), err);
     Action::requeue(
         wc.ctx
             .backoff
-            .failed(&key(&ObjectRef::from_obj(workload.as_ref()))),
+            .failed(&key(&ObjectRef::from_obj(guard.as_ref()))),
     )
 }
 
@@ -179,18 +176,18 @@ fn error_policy(workload: Arc<Workload>, err: &Error, wc: Arc<WorkloadContext>) 
 /// every workload of a namespace whose roles changed.
 pub async fn run(
     ctx: Arc<Context>,
-    roles: Store<Role>,
-    role_changes: ReflectHandle<Role>,
+    roles: Store<GuardedRole>,
+    role_changes: ReflectHandle<GuardedRole>,
     shutdown: CancellationToken,
 ) {
-    let api: Api<Workload> = match &ctx.namespace {
+    let api: Api<DeserializeGuard<Workload>> = match &ctx.namespace {
         Some(ns) => Api::namespaced(ctx.client.clone(), ns),
         None => Api::all(ctx.client.clone()),
     };
     let controller = Controller::new(api, watcher::Config::default());
     let workloads = controller.store();
     controller
-        .watches_shared_stream(role_changes, move |role: Arc<Role>| {
+        .watches_shared_stream(role_changes, move |role: Arc<GuardedRole>| {
             let namespace = role.namespace();
             workloads
                 .state()
@@ -212,7 +209,7 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{WorkloadRole, WorkloadSpec};
+    use crate::api::{ConditionStatus, WorkloadRole, WorkloadSpec};
     use crate::graph::{RoleDef, Scope};
 
     fn workload(roles: &[&str]) -> Workload {

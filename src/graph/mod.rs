@@ -57,6 +57,9 @@ pub enum GraphError {
         "role {required_by} requires {role}, which this workload does not place: add {role} to spec.roles"
     )]
     NotPlaced { role: String, required_by: String },
+    /// A role exists but its object cannot be read.
+    #[error("role {role} cannot be read ({error}); fix the object or delete and re-create it")]
+    UnreadableRole { role: String, error: String },
     /// The roles require each other in a circle; the path starts and ends with the same role.
     #[error("dependency cycle: {} (each role requires the next); remove one of these requirements", .0.join(" -> "))]
     Cycle(Vec<String>),
@@ -77,6 +80,7 @@ impl GraphError {
         match self {
             GraphError::MissingRole { .. } => "MissingRole",
             GraphError::NotPlaced { .. } => "RoleNotPlaced",
+            GraphError::UnreadableRole { .. } => "UnreadableRole",
             GraphError::Cycle(_) => "DependencyCycle",
         }
     }
@@ -96,12 +100,39 @@ pub struct Layer {
 #[derive(Clone, Debug, Default)]
 pub struct RoleGraph {
     roles: BTreeMap<String, RoleDef>,
+    /// Roles that exist but cannot be read (malformed objects), with why.
+    unreadable: BTreeMap<String, String>,
 }
 
 impl RoleGraph {
     pub fn new(roles: impl IntoIterator<Item = RoleDef>) -> Self {
         Self {
             roles: roles.into_iter().map(|r| (r.name.clone(), r)).collect(),
+            unreadable: BTreeMap::new(),
+        }
+    }
+
+    /// Adds roles that exist but cannot be read, so that what depends on them
+    /// says so instead of calling them missing.
+    pub fn with_unreadable(
+        mut self,
+        unreadable: impl IntoIterator<Item = (String, String)>,
+    ) -> Self {
+        self.unreadable.extend(unreadable);
+        self
+    }
+
+    /// The error for a role that is not in the graph.
+    fn absent(&self, role: &str, required_by: Option<&str>) -> GraphError {
+        match self.unreadable.get(role) {
+            Some(error) => GraphError::UnreadableRole {
+                role: role.to_string(),
+                error: error.clone(),
+            },
+            None => GraphError::MissingRole {
+                role: role.to_string(),
+                required_by: required_by.map(str::to_string),
+            },
         }
     }
 
@@ -116,10 +147,7 @@ impl RoleGraph {
         let mut stack = vec![(role.to_string(), None::<String>)];
         while let Some((name, child)) = stack.pop() {
             let Some(def) = self.roles.get(&name) else {
-                return Err(GraphError::MissingRole {
-                    role: name,
-                    required_by: child,
-                });
+                return Err(self.absent(&name, child.as_deref()));
             };
             if ancestry.insert(name.clone()) {
                 stack.extend(
@@ -145,16 +173,10 @@ impl RoleGraph {
             let def = self
                 .roles
                 .get(name)
-                .ok_or_else(|| GraphError::MissingRole {
-                    role: name.to_string(),
-                    required_by: None,
-                })?;
+                .ok_or_else(|| self.absent(name, None))?;
             for parent in &def.requires {
                 if !self.roles.contains_key(parent) {
-                    return Err(GraphError::MissingRole {
-                        role: parent.clone(),
-                        required_by: Some(name.to_string()),
-                    });
+                    return Err(self.absent(parent, Some(name)));
                 }
                 if !placed.contains(parent.as_str()) {
                     return Err(GraphError::NotPlaced {

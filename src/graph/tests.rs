@@ -98,6 +98,23 @@ fn missing_parent_names_parent_and_child() {
 }
 
 #[test]
+fn an_unreadable_role_is_named_as_such_not_as_missing() {
+    let graph = RoleGraph::new([role("app", &["db"], Scope::Node)])
+        .with_unreadable([("db".to_string(), "unknown variant `Rack`".to_string())]);
+    let err = graph.plan(&names(&["app", "db"])).unwrap_err();
+    assert_eq!(err.reason(), "UnreadableRole");
+    assert!(
+        err.to_string()
+            .contains("role db cannot be read (unknown variant `Rack`)"),
+        "{err}"
+    );
+    assert_eq!(
+        graph.check_role("app").unwrap_err().reason(),
+        "UnreadableRole"
+    );
+}
+
+#[test]
 fn unplaced_parent_is_refused() {
     let err = kubernetes_lab().plan(&names(&["k8s-worker"])).unwrap_err();
     assert_eq!(

@@ -5,7 +5,7 @@ pub mod http;
 pub mod lease;
 pub mod metrics;
 
-use crate::api::Role;
+use crate::controller::role::GuardedRole;
 use crate::controller::{self, Backoff, Context};
 use futures::StreamExt;
 use kube::runtime::events::{Recorder, Reporter};
@@ -199,7 +199,7 @@ async fn run_controllers(
     ctx: Arc<Context>,
     shutdown: CancellationToken,
 ) -> Result<(), OperatorError> {
-    let roles_api: Api<Role> = match &ctx.namespace {
+    let roles_api: Api<GuardedRole> = match &ctx.namespace {
         Some(ns) => Api::namespaced(ctx.client.clone(), ns),
         None => Api::all(ctx.client.clone()),
     };
