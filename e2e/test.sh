@@ -20,7 +20,7 @@ cargo clippy --all-targets --locked -- -D warnings
 step "real peers: etcd, kube-apiserver, kubectl, helm (cached in $GIRDER_CACHE/bin)"
 if [ -n "${KUBEBUILDER_ASSETS:-}" ]; then assets="$KUBEBUILDER_ASSETS"; else assets="$(e2e/tools.sh all)"; fi
 export GIRDER_KUBECTL="${GIRDER_KUBECTL:-$assets/kubectl}"
-export GIRDER_HELM="${GIRDER_HELM:-$(e2e/tools.sh all)/helm}"
+export GIRDER_HELM="${GIRDER_HELM:-$(e2e/tools.sh helm)}"
 
 if [ "${USE_EXISTING_CLUSTER:-}" != "true" ]; then
   step "make sandbox, end to end, in its own control plane"

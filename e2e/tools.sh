@@ -2,7 +2,8 @@
 # Builds (once) and caches the real peers the tests and the sandbox use:
 # etcd, kube-apiserver, kubectl and helm, from their Go modules at pinned
 # releases. Binaries land in $GIRDER_CACHE/bin/<name>-<version>; a second run
-# finds them there and builds nothing. Prints the bin directory on stdout.
+# finds them there and builds nothing. `all` prints the directory of stable
+# names (etcd, kube-apiserver, kubectl, helm); `helm` prints the helm binary.
 set -euo pipefail
 
 K8S_VERSION="${K8S_VERSION:-v1.37.2}"
@@ -136,6 +137,6 @@ case "${1:-all}" in
   all) build_etcd; build_kubernetes; build_helm; link_assets ;;
   etcd) build_etcd ;;
   kubernetes) build_kubernetes ;;
-  helm) build_helm ;;
+  helm) build_helm; echo "$BIN/$HELM_BIN" ;;
   *) echo "usage: $0 [all|etcd|kubernetes|helm]" >&2; exit 2 ;;
 esac

@@ -1,6 +1,9 @@
 //! The role-dependency engine: validation of the role graph and the plan of
 //! a workload. Pure: no Kubernetes, no I/O, so every rule is tested here.
 
+mod anneal;
+
+pub use anneal::{Binding, Decision, anneal};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};

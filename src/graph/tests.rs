@@ -298,3 +298,101 @@ mod properties {
         }
     }
 }
+
+mod annealer {
+    use super::*;
+    use BindingState::*;
+
+    fn bind(role: &str, node: &str, state: BindingState) -> Binding {
+        Binding { role: role.into(), node: node.into(), state }
+    }
+
+    fn state_of(decisions: &[Decision], role: &str, node: &str) -> (BindingState, String) {
+        let d = decisions.iter().find(|d| d.role == role && d.node == node).expect("decision");
+        (d.state, d.message.clone())
+    }
+
+    /// etcd on n1..n3, its Cluster-scoped sync, a master on n1 and a worker on n4.
+    fn lab(etcd: [BindingState; 3], sync: [BindingState; 3]) -> Vec<Binding> {
+        let mut b = Vec::new();
+        for (i, n) in ["n1", "n2", "n3"].into_iter().enumerate() {
+            b.push(bind("etcd-install", n, etcd[i]));
+            b.push(bind("etcd-cluster", n, sync[i]));
+        }
+        b.push(bind("k8s-master", "n1", Proposed));
+        b.push(bind("k8s-worker", "n4", Proposed));
+        b
+    }
+
+    #[test]
+    fn roots_start_one_per_node_within_the_global_limit() {
+        let decisions = anneal(&kubernetes_lab(), &lab([Proposed; 3], [Proposed; 3]), 2);
+        let running: Vec<_> = decisions.iter().filter(|d| d.state == Running).map(|d| d.node.as_str()).collect();
+        assert_eq!(running, ["n1", "n2"], "two slots, lowest nodes first");
+        let (state, message) = state_of(&decisions, "etcd-install", "n3");
+        assert_eq!(state, Todo);
+        assert!(message.contains("free slot"), "{message}");
+        let (state, message) = state_of(&decisions, "etcd-cluster", "n1");
+        assert_eq!(state, Blocked);
+        assert_eq!(message, "waiting for etcd-install (0 of 3 nodes Active)");
+    }
+
+    #[test]
+    fn a_cluster_scoped_role_waits_for_every_node() {
+        let decisions = anneal(&kubernetes_lab(), &lab([Active, Active, Running], [Proposed; 3]), 10);
+        assert_eq!(state_of(&decisions, "etcd-cluster", "n1").0, Blocked);
+        assert!(state_of(&decisions, "etcd-cluster", "n1").1.contains("2 of 3"));
+        let decisions = anneal(&kubernetes_lab(), &lab([Active; 3], [Proposed; 3]), 10);
+        for n in ["n1", "n2", "n3"] {
+            assert_eq!(state_of(&decisions, "etcd-cluster", n).0, Running, "{n}");
+        }
+        assert_eq!(state_of(&decisions, "k8s-master", "n1").0, Blocked);
+    }
+
+    #[test]
+    fn a_node_scoped_role_waits_only_for_its_own_node() {
+        let graph = RoleGraph::new([role("os", &[], Scope::Node), role("agent", &["os"], Scope::Node)]);
+        let bindings = [bind("os", "a", Active), bind("os", "b", Running), bind("agent", "a", Proposed), bind("agent", "b", Proposed)];
+        let decisions = anneal(&graph, &bindings, 10);
+        assert_eq!(state_of(&decisions, "agent", "a").0, Running);
+        assert_eq!(state_of(&decisions, "agent", "b"), (Blocked, "waiting for os on b".into()));
+    }
+
+    #[test]
+    fn one_task_per_node() {
+        let graph = RoleGraph::new([role("x", &[], Scope::Node), role("y", &[], Scope::Node)]);
+        let decisions = anneal(&graph, &[bind("x", "a", Todo), bind("y", "a", Todo)], 10);
+        assert_eq!(state_of(&decisions, "x", "a").0, Running);
+        let (state, message) = state_of(&decisions, "y", "a");
+        assert_eq!(state, Todo);
+        assert!(message.contains("task running on a"), "{message}");
+    }
+
+    #[test]
+    fn an_error_blocks_every_descendant_and_names_the_ancestor() {
+        let mut bindings = lab([Active, Error, Active], [Proposed; 3]);
+        bindings.push(bind("etcd-install", "n4", Active));
+        let decisions = anneal(&kubernetes_lab(), &bindings, 10);
+        for (role, node) in [("etcd-cluster", "n1"), ("k8s-master", "n1"), ("k8s-worker", "n4")] {
+            let (state, message) = state_of(&decisions, role, node);
+            assert_eq!(state, Blocked, "{role} on {node}");
+            assert_eq!(message, "etcd-install failed on n2; fix it and re-run it to continue", "{role} on {node}");
+        }
+        // The failed binding itself is left for a person to re-run.
+        assert_eq!(state_of(&decisions, "etcd-install", "n2").0, Error);
+    }
+
+    #[test]
+    fn a_parent_not_placed_on_the_node_is_said() {
+        let graph = RoleGraph::new([role("os", &[], Scope::Node), role("agent", &["os"], Scope::Node)]);
+        let decisions = anneal(&graph, &[bind("os", "a", Active), bind("agent", "b", Proposed)], 10);
+        assert_eq!(state_of(&decisions, "agent", "b"), (Blocked, "os is not placed on b".into()));
+    }
+
+    #[test]
+    fn running_and_active_are_left_alone() {
+        let decisions = anneal(&kubernetes_lab(), &lab([Active, Running, Active], [Proposed; 3]), 1);
+        assert_eq!(state_of(&decisions, "etcd-install", "n2").0, Running);
+        assert_eq!(state_of(&decisions, "etcd-install", "n1").0, Active);
+    }
+}
