@@ -16,15 +16,9 @@ pub struct CrdgenArgs {
 #[derive(Debug, thiserror::Error)]
 pub enum CrdgenError {
     #[error("cannot render CRD {name}: {source}")]
-    Render {
-        name: String,
-        source: serde_yaml::Error,
-    },
+    Render { name: String, source: serde_yaml::Error },
     #[error("cannot write {path}: {source}")]
-    Write {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Write { path: PathBuf, source: std::io::Error },
 }
 
 /// The file name of a CRD, e.g. `girder.dev_workloads.yaml`.
@@ -34,10 +28,8 @@ pub fn file_name(crd: &CustomResourceDefinition) -> String {
 
 /// One CRD as a YAML document.
 pub fn render(crd: &CustomResourceDefinition) -> Result<String, CrdgenError> {
-    serde_yaml::to_string(crd).map_err(|source| CrdgenError::Render {
-        name: crd.metadata.name.clone().unwrap_or_default(),
-        source,
-    })
+    serde_yaml::to_string(crd)
+        .map_err(|source| CrdgenError::Render { name: crd.metadata.name.clone().unwrap_or_default(), source })
 }
 
 pub fn main(args: CrdgenArgs) -> Result<(), Box<dyn std::error::Error>> {
@@ -51,8 +43,7 @@ pub fn main(args: CrdgenArgs) -> Result<(), Box<dyn std::error::Error>> {
     for dir in &args.out_dirs {
         for crd in &crds {
             let path = dir.join(file_name(crd));
-            std::fs::write(&path, render(crd)?)
-                .map_err(|source| CrdgenError::Write { path, source })?;
+            std::fs::write(&path, render(crd)?).map_err(|source| CrdgenError::Write { path, source })?;
         }
     }
     Ok(())
@@ -89,12 +80,7 @@ mod tests {
                 for (name, prop) in props {
                     let here = format!("{path}.{name}");
                     let top_level = matches!(name.as_str(), "apiVersion" | "kind" | "metadata");
-                    if !top_level
-                        && prop
-                            .get("description")
-                            .and_then(|d| d.as_str())
-                            .is_none_or(str::is_empty)
-                    {
+                    if !top_level && prop.get("description").and_then(|d| d.as_str()).is_none_or(str::is_empty) {
                         missing.push(here.clone());
                     }
                     walk(&here, prop, missing);
@@ -110,10 +96,6 @@ mod tests {
             let schema = &value["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
             walk(&crd.spec.names.kind, schema, &mut missing);
         }
-        assert!(
-            missing.is_empty(),
-            "fields without a description:\n{}",
-            missing.join("\n")
-        );
+        assert!(missing.is_empty(), "fields without a description:\n{}", missing.join("\n"));
     }
 }

@@ -18,12 +18,7 @@ pub mod manager {
 }
 
 /// Writes `status` with server-side apply, `apiVersion` and `kind` in the body.
-pub async fn apply_status<K>(
-    api: &Api<K>,
-    obj: &K,
-    manager: &str,
-    status: &impl Serialize,
-) -> kube::Result<K>
+pub async fn apply_status<K>(api: &Api<K>, obj: &K, manager: &str, status: &impl Serialize) -> kube::Result<K>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
 {
@@ -32,37 +27,22 @@ where
         "kind": K::kind(&()),
         "status": status,
     });
-    api.patch_status(
-        &obj.name_any(),
-        &PatchParams::apply(manager).force(),
-        &Patch::Apply(&body),
-    )
-    .await
+    api.patch_status(&obj.name_any(), &PatchParams::apply(manager).force(), &Patch::Apply(&body)).await
 }
 
 /// Waits until every girder CRD is Established, logging what it waits for
 /// every `every`, until `shutdown` fires.
-pub async fn wait_for_crds(
-    client: Client,
-    every: Duration,
-    shutdown: tokio_util::sync::CancellationToken,
-) -> bool {
+pub async fn wait_for_crds(client: Client, every: Duration, shutdown: tokio_util::sync::CancellationToken) -> bool {
     let crds: Api<CustomResourceDefinition> = Api::all(client);
-    let names: Vec<String> = [
-        api::BareMetalNode::crd_name(),
-        api::Network::crd_name(),
-        api::Role::crd_name(),
-        api::Workload::crd_name(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let names: Vec<String> =
+        [api::BareMetalNode::crd_name(), api::Network::crd_name(), api::Role::crd_name(), api::Workload::crd_name()]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
     for name in names {
         loop {
-            let wait = tokio::time::timeout(
-                every,
-                await_condition(crds.clone(), &name, conditions::is_crd_established()),
-            );
+            let wait =
+                tokio::time::timeout(every, await_condition(crds.clone(), &name, conditions::is_crd_established()));
             tokio::select! {
                 _ = shutdown.cancelled() => return false,
                 done = wait => match done {

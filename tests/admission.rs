@@ -19,13 +19,7 @@ fn resource_of(kind: &str) -> ApiResource {
     }
 }
 
-async fn create(
-    client: &Client,
-    ns: &str,
-    kind: &str,
-    name: &str,
-    spec: Value,
-) -> Result<DynamicObject, kube::Error> {
+async fn create(client: &Client, ns: &str, kind: &str, name: &str, spec: Value) -> Result<DynamicObject, kube::Error> {
     let resource = resource_of(kind);
     let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &resource);
     let obj: DynamicObject = serde_json::from_value(json!({
@@ -187,9 +181,7 @@ fn catalog() -> Vec<Invalid> {
             what: "address hint that is not IPv4",
             kind: "BareMetalNode",
             name: "bad-hint",
-            spec: node(
-                json!({ "networks": [{ "network": "prov", "ipv4Address": "172.30.0.300" }] }),
-            ),
+            spec: node(json!({ "networks": [{ "network": "prov", "ipv4Address": "172.30.0.300" }] })),
             field: "spec.networks[0].ipv4Address",
             says: "must be an IPv4 address",
         },
@@ -411,43 +403,20 @@ async fn valid_objects_are_accepted() {
     let client = client().await;
     install_crds(&client).await;
     let ns = TestNamespace::new(&client, "valid").await;
-    create(
-        &client,
-        &ns.name,
-        "BareMetalNode",
-        "redfish",
-        node(json!({})),
-    )
-    .await
-    .expect("redfish node");
+    create(&client, &ns.name, "BareMetalNode", "redfish", node(json!({}))).await.expect("redfish node");
     for (name, address) in [
-        (
-            "redfish-http",
-            "redfish+http://127.0.0.1:8000/redfish/v1/Systems/abc",
-        ),
+        ("redfish-http", "redfish+http://127.0.0.1:8000/redfish/v1/Systems/abc"),
         ("ipmi", "ipmi://10.0.0.5:623"),
         ("ipmi-v6", "ipmi://[fd00::5]"),
         ("redfish-no-system", "redfish://bmc.lab:8443"),
     ] {
-        create(
-            &client,
-            &ns.name,
-            "BareMetalNode",
-            name,
-            node(json!({ "bmc": { "address": address } })),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{address}: {e}"));
+        create(&client, &ns.name, "BareMetalNode", name, node(json!({ "bmc": { "address": address } })))
+            .await
+            .unwrap_or_else(|e| panic!("{address}: {e}"));
     }
-    create(
-        &client,
-        &ns.name,
-        "BareMetalNode",
-        "discovered",
-        json!({ "bootMACAddress": "52:54:00:aa:bb:02" }),
-    )
-    .await
-    .expect("node without a BMC");
+    create(&client, &ns.name, "BareMetalNode", "discovered", json!({ "bootMACAddress": "52:54:00:aa:bb:02" }))
+        .await
+        .expect("node without a BMC");
     create(
         &client,
         &ns.name,
@@ -460,27 +429,13 @@ async fn valid_objects_are_accepted() {
     )
     .await
     .expect("dual-stack network");
-    create(
-        &client,
-        &ns.name,
-        "Network",
-        "v6only",
-        json!({ "ipv6Prefix": "fd00:20::/48" }),
-    )
-    .await
-    .expect("IPv6-only network");
-    create(&client, &ns.name, "Role", "base", json!({}))
+    create(&client, &ns.name, "Network", "v6only", json!({ "ipv6Prefix": "fd00:20::/48" }))
         .await
-        .expect("empty role");
-    create(
-        &client,
-        &ns.name,
-        "Workload",
-        "w",
-        json!({ "roles": [{ "role": "base", "count": 0 }] }),
-    )
-    .await
-    .expect("workload");
+        .expect("IPv6-only network");
+    create(&client, &ns.name, "Role", "base", json!({})).await.expect("empty role");
+    create(&client, &ns.name, "Workload", "w", json!({ "roles": [{ "role": "base", "count": 0 }] }))
+        .await
+        .expect("workload");
 }
 
 #[tokio::test]
@@ -496,10 +451,7 @@ async fn invalid_objects_are_refused_naming_the_field() {
             Ok(_) => failures.push(format!("{}: accepted", case.what)),
             Err(kube::Error::Api(status)) => {
                 let message = status.message.clone();
-                if status.code != 422
-                    || !message.contains(case.field)
-                    || !message.contains(case.says)
-                {
+                if status.code != 422 || !message.contains(case.field) || !message.contains(case.says) {
                     failures.push(format!(
                         "{}: got {} {message:?}, wanted field {:?} and {:?}",
                         case.what, status.code, case.field, case.says
@@ -509,11 +461,5 @@ async fn invalid_objects_are_refused_naming_the_field() {
             Err(other) => failures.push(format!("{}: {other}", case.what)),
         }
     }
-    assert!(
-        failures.is_empty(),
-        "{} of {} cases wrong:\n{}",
-        failures.len(),
-        catalog.len(),
-        failures.join("\n")
-    );
+    assert!(failures.is_empty(), "{} of {} cases wrong:\n{}", failures.len(), catalog.len(), failures.join("\n"));
 }

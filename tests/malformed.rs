@@ -82,7 +82,8 @@ async fn a_malformed_role_is_reported_and_the_rest_is_planned() {
             {"op":"replace","path":"/spec/versions/0/schema/openAPIV3Schema/properties/spec",
              "value":{"type":"object","x-kubernetes-preserve-unknown-fields":true}}]"#,
     ]));
-    let broken = "apiVersion: girder.dev/v1alpha1\nkind: Role\nmetadata: {name: broken}\nspec: {scope: Rack, requires: base}\n";
+    let broken =
+        "apiVersion: girder.dev/v1alpha1\nkind: Role\nmetadata: {name: broken}\nspec: {scope: Rack, requires: base}\n";
     wait_for("the loosened schema to accept a malformed role", || {
         let mut child = kubectl()
             .args(["create", "-n", &ns.name, "-f", "-"])
@@ -125,7 +126,14 @@ async fn a_malformed_role_is_reported_and_the_rest_is_planned() {
 
     let events = wait_for("an InvalidObject event on role broken", || {
         let out = kubectl()
-            .args(["get", "events.events.k8s.io", "-n", &ns.name, "-o", "jsonpath={range .items[*]}{.reason} {.regarding.name} {.note}{\"\\n\"}{end}"])
+            .args([
+                "get",
+                "events.events.k8s.io",
+                "-n",
+                &ns.name,
+                "-o",
+                "jsonpath={range .items[*]}{.reason} {.regarding.name} {.note}{\"\\n\"}{end}",
+            ])
             .output()
             .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
             .unwrap_or_default();

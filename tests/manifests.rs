@@ -9,14 +9,7 @@ fn can_i(request: &[&str; 2], namespace: &str) -> bool {
     let [verb, resource] = *request;
     let (resource, subresource) = resource.split_once('/').unwrap_or((resource, ""));
     let out = kubectl()
-        .args([
-            "auth",
-            "can-i",
-            "--as",
-            "system:serviceaccount:girder-system:girder-operator",
-            "-n",
-            namespace,
-        ])
+        .args(["auth", "can-i", "--as", "system:serviceaccount:girder-system:girder-operator", "-n", namespace])
         .args([verb, resource, "--subresource", subresource])
         .output()
         .expect("kubectl auth can-i");
@@ -28,15 +21,8 @@ async fn kustomize_default_and_samples_apply() {
     let client = client().await;
     install_crds(&client).await;
     run_ok(kubectl().args(["apply", "-k", "config/default"]));
-    let deployment = run_ok(kubectl().args([
-        "get",
-        "deployment",
-        "girder-operator",
-        "-n",
-        "girder-system",
-        "-o",
-        "json",
-    ]));
+    let deployment =
+        run_ok(kubectl().args(["get", "deployment", "girder-operator", "-n", "girder-system", "-o", "json"]));
     let deployment: serde_json::Value = serde_json::from_str(&deployment).unwrap();
     let container = &deployment["spec"]["template"]["spec"]["containers"][0];
     assert_eq!(container["args"][0], "operator");
@@ -50,22 +36,14 @@ async fn kustomize_default_and_samples_apply() {
         (true, ["patch", "roles.girder.dev/status"], "default"),
         (true, ["create", "events.events.k8s.io"], "default"),
         (true, ["patch", "events.events.k8s.io"], "default"),
-        (
-            true,
-            ["update", "leases.coordination.k8s.io"],
-            "girder-system",
-        ),
+        (true, ["update", "leases.coordination.k8s.io"], "girder-system"),
         (false, ["update", "leases.coordination.k8s.io"], "default"),
         (false, ["delete", "workloads.girder.dev"], "default"),
         (false, ["update", "workloads.girder.dev"], "default"),
         (false, ["patch", "workloads.girder.dev"], "default"),
         (false, ["get", "secrets"], "default"),
     ] {
-        assert_eq!(
-            can_i(&request, ns),
-            allowed,
-            "can the operator {request:?} in {ns}?"
-        );
+        assert_eq!(can_i(&request, ns), allowed, "can the operator {request:?} in {ns}?");
     }
 
     let ns = TestNamespace::new(&client, "kustomize").await;
@@ -86,43 +64,22 @@ async fn kustomize_default_and_samples_apply() {
     for kind in ["baremetalnode", "network", "role", "workload"] {
         assert!(all.contains(&format!("{kind}.girder.dev/")), "{all}");
     }
-    wait_for(
-        "the operator, with only its RBAC, to plan the sample workload",
-        || {
-            let layers = kubectl()
-                .args([
-                    "get",
-                    "workload",
-                    "lab-k8s",
-                    "-n",
-                    &ns.name,
-                    "-o",
-                    "jsonpath={.status.layerCount}",
-                ])
-                .output()
-                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
-            async move { (layers.ok()? == "4").then_some(()) }
-        },
-    )
+    wait_for("the operator, with only its RBAC, to plan the sample workload", || {
+        let layers = kubectl()
+            .args(["get", "workload", "lab-k8s", "-n", &ns.name, "-o", "jsonpath={.status.layerCount}"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+        async move { (layers.ok()? == "4").then_some(()) }
+    })
     .await;
     let logs = operator.logs();
-    assert!(
-        !logs.contains("forbidden"),
-        "the operator hit a permission it lacks:\n{logs}"
-    );
+    assert!(!logs.contains("forbidden"), "the operator hit a permission it lacks:\n{logs}");
 }
 
 /// A kubeconfig holding a token of the operator's ServiceAccount.
 fn service_account_kubeconfig(name: &str) -> std::path::PathBuf {
-    let token = run_ok(kubectl().args([
-        "create",
-        "token",
-        "girder-operator",
-        "-n",
-        "girder-system",
-        "--duration",
-        "1h",
-    ]));
+    let token =
+        run_ok(kubectl().args(["create", "token", "girder-operator", "-n", "girder-system", "--duration", "1h"]));
     let cluster = run_ok(kubectl().args([
         "config",
         "view",
@@ -131,10 +88,7 @@ fn service_account_kubeconfig(name: &str) -> std::path::PathBuf {
         "-o",
         "jsonpath={.clusters[0].cluster.server} {.clusters[0].cluster.certificate-authority-data}",
     ]));
-    let (server, ca) = cluster
-        .trim()
-        .split_once(' ')
-        .expect("server and CA in the kubeconfig");
+    let (server, ca) = cluster.trim().split_once(' ').expect("server and CA in the kubeconfig");
     let path = std::env::temp_dir().join(format!("{name}-operator.kubeconfig"));
     let config = serde_json::json!({
         "apiVersion": "v1", "kind": "Config", "current-context": "sa",
@@ -150,37 +104,13 @@ fn service_account_kubeconfig(name: &str) -> std::path::PathBuf {
 fn helm_lint_is_clean_and_rendering_is_deterministic() {
     let lint = run_ok(helm().args(["lint", "--strict", "charts/girder"]));
     assert!(lint.contains("0 chart(s) failed"), "{lint}");
-    run_ok(helm().args([
-        "lint",
-        "--strict",
-        "charts/girder",
-        "--set",
-        "pxe.enabled=true",
-    ]));
+    run_ok(helm().args(["lint", "--strict", "charts/girder", "--set", "pxe.enabled=true"]));
     let refused = helm()
-        .args([
-            "template",
-            "girder",
-            "charts/girder",
-            "--set",
-            "replicaCount=many",
-        ])
+        .args(["template", "girder", "charts/girder", "--set", "replicaCount=many"])
         .output()
         .expect("helm template");
-    assert!(
-        !refused.status.success(),
-        "values.schema.json must refuse a non-integer replicaCount"
-    );
-    let render = || {
-        run_ok(helm().args([
-            "template",
-            "girder",
-            "charts/girder",
-            "-n",
-            "girder",
-            "--include-crds",
-        ]))
-    };
+    assert!(!refused.status.success(), "values.schema.json must refuse a non-integer replicaCount");
+    let render = || run_ok(helm().args(["template", "girder", "charts/girder", "-n", "girder", "--include-crds"]));
     let first = render();
     assert_eq!(first, render(), "helm template is not deterministic");
     // The chart ships exactly the generated CRDs.
@@ -188,13 +118,8 @@ fn helm_lint_is_clean_and_rendering_is_deterministic() {
         let path = crd.unwrap().path();
         let name = path.file_name().unwrap().to_str().unwrap().to_string();
         if name.starts_with("girder.dev_") {
-            let chart = std::fs::read_to_string(repo_root().join("charts/girder/crds").join(&name))
-                .unwrap();
-            assert_eq!(
-                std::fs::read_to_string(&path).unwrap(),
-                chart,
-                "{name} differs in the chart"
-            );
+            let chart = std::fs::read_to_string(repo_root().join("charts/girder/crds").join(&name)).unwrap();
+            assert_eq!(std::fs::read_to_string(&path).unwrap(), chart, "{name} differs in the chart");
         }
     }
 }
@@ -205,14 +130,7 @@ async fn helm_install_and_a_second_server_side_apply_changes_nothing() {
     install_crds(&client).await;
     let installed = TestNamespace::new(&client, "helm").await;
     let release = installed.name.clone();
-    let out = run_ok(helm().args([
-        "install",
-        &release,
-        "charts/girder",
-        "-n",
-        &installed.name,
-        "--wait=false",
-    ]));
+    let out = run_ok(helm().args(["install", &release, "charts/girder", "-n", &installed.name, "--wait=false"]));
     assert!(out.contains("STATUS: deployed"), "{out}");
     let status = run_ok(helm().args(["status", &release, "-n", &installed.name]));
     assert!(status.contains("deployed"), "{status}");
@@ -221,42 +139,20 @@ async fn helm_install_and_a_second_server_side_apply_changes_nothing() {
     // What an Argo CD sync does: server-side apply the rendered chart, twice.
     let synced = TestNamespace::new(&client, "argocd").await;
     let rendered = std::env::temp_dir().join(format!("{}.yaml", synced.name));
-    let manifest = run_ok(helm().args([
-        "template",
-        &synced.name,
-        "charts/girder",
-        "-n",
-        &synced.name,
-        "--include-crds",
-    ]));
+    let manifest =
+        run_ok(helm().args(["template", &synced.name, "charts/girder", "-n", &synced.name, "--include-crds"]));
     std::fs::write(&rendered, manifest).unwrap();
     let apply = || {
         run_ok(
             kubectl()
-                .args([
-                    "apply",
-                    "--server-side",
-                    "--field-manager",
-                    "argocd-controller",
-                    "-n",
-                    &synced.name,
-                    "-f",
-                ])
+                .args(["apply", "--server-side", "--field-manager", "argocd-controller", "-n", &synced.name, "-f"])
                 .arg(&rendered),
         )
     };
     apply();
     apply();
     let diff = kubectl()
-        .args([
-            "diff",
-            "--server-side",
-            "--field-manager",
-            "argocd-controller",
-            "-n",
-            &synced.name,
-            "-f",
-        ])
+        .args(["diff", "--server-side", "--field-manager", "argocd-controller", "-n", &synced.name, "-f"])
         .arg(&rendered)
         .output()
         .expect("kubectl diff");

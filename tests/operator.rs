@@ -40,11 +40,7 @@ async fn lease_holder(client: &Client, ns: &str, name: &str) -> Option<(String, 
     Some((spec.holder_identity?, spec.lease_transitions.unwrap_or(0)))
 }
 
-async fn workload_status(
-    client: &Client,
-    ns: &str,
-    name: &str,
-) -> Option<girder::api::WorkloadStatus> {
+async fn workload_status(client: &Client, ns: &str, name: &str) -> Option<girder::api::WorkloadStatus> {
     let api: Api<Workload> = Api::namespaced(client.clone(), ns);
     api.get_opt(name).await.ok()??.status
 }
@@ -76,29 +72,14 @@ async fn sample_workload_plan_has_the_expected_layers() {
     let layers: Vec<Vec<String>> = status.plan.iter().map(|l| l.roles.clone()).collect();
     assert_eq!(
         layers,
-        [
-            ["etcd-install"],
-            ["etcd-cluster"],
-            ["k8s-master"],
-            ["k8s-worker"]
-        ]
-        .map(|l| l.map(String::from).to_vec())
+        [["etcd-install"], ["etcd-cluster"], ["k8s-master"], ["k8s-worker"]].map(|l| l.map(String::from).to_vec())
     );
     let barriers: Vec<bool> = status.plan.iter().map(|l| l.barrier).collect();
-    assert_eq!(
-        barriers,
-        [false, true, true, true],
-        "Cluster-scoped roles are sync points"
-    );
+    assert_eq!(barriers, [false, true, true, true], "Cluster-scoped roles are sync points");
     assert_eq!(status.layer_count, Some(4));
     let blocked = find(&status.conditions, "Blocked").expect("Blocked condition");
     assert_eq!(blocked.status, ConditionStatus::False);
-    assert!(
-        status
-            .conditions
-            .iter()
-            .all(|c| c.observed_generation == workload.metadata.generation)
-    );
+    assert!(status.conditions.iter().all(|c| c.observed_generation == workload.metadata.generation));
 
     // Every sample role resolves.
     let roles: Api<Role> = Api::namespaced(client.clone(), &ns.name);
@@ -107,8 +88,7 @@ async fn sample_workload_plan_has_the_expected_layers() {
             let roles = roles.clone();
             async move {
                 let role = roles.get_opt(name).await.ok()??;
-                let ready =
-                    find(&role.status?.conditions, "Ready")?.status == ConditionStatus::True;
+                let ready = find(&role.status?.conditions, "Ready")?.status == ConditionStatus::True;
                 ready.then_some(())
             }
         })
@@ -129,11 +109,7 @@ async fn a_cycle_blocks_the_workload_and_names_the_cycle() {
     let blocked = find(&status.conditions, "Blocked").expect("Blocked");
     assert_eq!(blocked.status, ConditionStatus::True);
     assert_eq!(blocked.reason, "DependencyCycle");
-    assert!(
-        blocked.message.contains("alpha -> gamma -> beta -> alpha"),
-        "{}",
-        blocked.message
-    );
+    assert!(blocked.message.contains("alpha -> gamma -> beta -> alpha"), "{}", blocked.message);
     assert!(status.plan.is_empty());
 
     let roles: Api<Role> = Api::namespaced(client.clone(), &ns.name);
@@ -141,26 +117,16 @@ async fn a_cycle_blocks_the_workload_and_names_the_cycle() {
         let roles = roles.clone();
         async move {
             let role = roles.get_opt("beta").await.ok()??;
-            let blocked =
-                find(&role.status.as_ref()?.conditions, "Blocked")?.status == ConditionStatus::True;
+            let blocked = find(&role.status.as_ref()?.conditions, "Blocked")?.status == ConditionStatus::True;
             blocked.then_some(role)
         }
     })
     .await;
-    assert_eq!(
-        find(&role.status.unwrap().conditions, "Blocked")
-            .unwrap()
-            .reason,
-        "DependencyCycle"
-    );
+    assert_eq!(find(&role.status.unwrap().conditions, "Blocked").unwrap().reason, "DependencyCycle");
 
     // Breaking the cycle unblocks the workload with no other change.
     roles
-        .patch(
-            "alpha",
-            &PatchParams::default(),
-            &Patch::Merge(serde_json::json!({"spec": {"requires": null}})),
-        )
+        .patch("alpha", &PatchParams::default(), &Patch::Merge(serde_json::json!({"spec": {"requires": null}})))
         .await
         .expect("patch alpha");
     let status = wait_for("the workload to be planned", || {
@@ -168,16 +134,12 @@ async fn a_cycle_blocks_the_workload_and_names_the_cycle() {
         let ns = ns.name.clone();
         async move {
             let status = workload_status(&client, &ns, "loop").await?;
-            (find(&status.conditions, "Blocked")?.status == ConditionStatus::False)
-                .then_some(status)
+            (find(&status.conditions, "Blocked")?.status == ConditionStatus::False).then_some(status)
         }
     })
     .await;
     let layers: Vec<Vec<String>> = status.plan.iter().map(|l| l.roles.clone()).collect();
-    assert_eq!(
-        layers,
-        [["alpha"], ["beta"], ["gamma"]].map(|l| l.map(String::from).to_vec())
-    );
+    assert_eq!(layers, [["alpha"], ["beta"], ["gamma"]].map(|l| l.map(String::from).to_vec()));
 
     // A Warning event says why it was blocked.
     let events = run_ok(kubectl().args([
@@ -188,12 +150,7 @@ async fn a_cycle_blocks_the_workload_and_names_the_cycle() {
         "-o",
         "jsonpath={range .items[*]}{.reason} {.type} {.note}{\"\\n\"}{end}",
     ]));
-    assert!(
-        events
-            .lines()
-            .any(|l| l.starts_with("DependencyCycle Warning") && l.contains("alpha")),
-        "{events}"
-    );
+    assert!(events.lines().any(|l| l.starts_with("DependencyCycle Warning") && l.contains("alpha")), "{events}");
 }
 
 #[tokio::test]
@@ -206,20 +163,10 @@ async fn a_missing_role_blocks_and_is_named() {
         "apiVersion: girder.dev/v1alpha1\nkind: Role\nmetadata: {name: app}\nspec: {requires: [database]}\n---\napiVersion: girder.dev/v1alpha1\nkind: Workload\nmetadata: {name: shop}\nspec: {roles: [{role: app}]}\n",
     );
     let _operator = Operator::start(OperatorOptions::new(&ns.name, "solo"));
-    let status = settled_workload(&client, &ns.name, "shop")
-        .await
-        .status
-        .unwrap();
+    let status = settled_workload(&client, &ns.name, "shop").await.status.unwrap();
     let blocked = find(&status.conditions, "Blocked").unwrap();
-    assert_eq!(
-        (blocked.status, blocked.reason.as_str()),
-        (ConditionStatus::True, "MissingRole")
-    );
-    assert!(
-        blocked.message.contains("app requires database"),
-        "{}",
-        blocked.message
-    );
+    assert_eq!((blocked.status, blocked.reason.as_str()), (ConditionStatus::True, "MissingRole"));
+    assert!(blocked.message.contains("app requires database"), "{}", blocked.message);
 }
 
 #[tokio::test]
@@ -237,11 +184,7 @@ async fn a_standby_takes_over_when_the_leader_dies() {
     let (holder, transitions) = wait_for("the first replica to lead", || {
         let client = client.clone();
         let ns = ns.name.clone();
-        async move {
-            lease_holder(&client, &ns, "girder-operator")
-                .await
-                .filter(|(h, _)| h == "first")
-        }
+        async move { lease_holder(&client, &ns, "girder-operator").await.filter(|(h, _)| h == "first") }
     })
     .await;
     assert_eq!(holder, "first");
@@ -251,11 +194,7 @@ async fn a_standby_takes_over_when_the_leader_dies() {
         async move { logs.contains("standing by").then_some(()) }
     })
     .await;
-    assert_eq!(
-        second.metric("girder_leader"),
-        Some(0.0),
-        "the standby does not lead"
-    );
+    assert_eq!(second.metric("girder_leader"), Some(0.0), "the standby does not lead");
     assert_eq!(first.metric("girder_leader"), Some(1.0));
     // The standby is healthy and ready too: it can take over at any time.
     assert_eq!(second.get("/readyz").map(|r| r.0), Some(200));
@@ -265,17 +204,10 @@ async fn a_standby_takes_over_when_the_leader_dies() {
     let (_, after) = wait_for("the second replica to take over", || {
         let client = client.clone();
         let ns = ns.name.clone();
-        async move {
-            lease_holder(&client, &ns, "girder-operator")
-                .await
-                .filter(|(h, _)| h == "second")
-        }
+        async move { lease_holder(&client, &ns, "girder-operator").await.filter(|(h, _)| h == "second") }
     })
     .await;
-    eprintln!(
-        "takeover {:?} after the leader was killed (lease duration 4 s)",
-        killed.elapsed()
-    );
+    eprintln!("takeover {:?} after the leader was killed (lease duration 4 s)", killed.elapsed());
     assert_eq!(after, transitions + 1);
 
     // The new leader runs the controllers.
@@ -283,10 +215,7 @@ async fn a_standby_takes_over_when_the_leader_dies() {
         &ns.name,
         "apiVersion: girder.dev/v1alpha1\nkind: Role\nmetadata: {name: base}\nspec: {}\n---\napiVersion: girder.dev/v1alpha1\nkind: Workload\nmetadata: {name: after}\nspec: {roles: [{role: base}]}\n",
     );
-    let status = settled_workload(&client, &ns.name, "after")
-        .await
-        .status
-        .unwrap();
+    let status = settled_workload(&client, &ns.name, "after").await.status.unwrap();
     assert_eq!(status.layer_count, Some(1));
     assert_eq!(second.metric("girder_leader"), Some(1.0));
 }
@@ -300,11 +229,7 @@ async fn sigterm_stops_cleanly_and_hands_the_lease_over() {
     wait_for("the first replica to lead", || {
         let client = client.clone();
         let ns = ns.name.clone();
-        async move {
-            lease_holder(&client, &ns, "girder-operator")
-                .await
-                .filter(|(h, _)| h == "first")
-        }
+        async move { lease_holder(&client, &ns, "girder-operator").await.filter(|(h, _)| h == "first") }
     })
     .await;
     // Probes and metrics.
@@ -316,10 +241,7 @@ async fn sigterm_stops_cleanly_and_hands_the_lease_over() {
     let line = logs.lines().next().expect("a log line");
     let parsed: serde_json::Value =
         serde_json::from_str(line).unwrap_or_else(|e| panic!("JSON log line {line:?}: {e}"));
-    assert!(
-        parsed.get("level").is_some() && parsed.get("message").is_some(),
-        "{line}"
-    );
+    assert!(parsed.get("level").is_some() && parsed.get("message").is_some(), "{line}");
 
     // With the default 15 s lease the standby would wait; a clean stop releases it.
     let second = Operator::start(OperatorOptions::new(&ns.name, "second"));
@@ -329,21 +251,12 @@ async fn sigterm_stops_cleanly_and_hands_the_lease_over() {
     })
     .await;
     first.signal("TERM");
-    assert_eq!(
-        first.wait_exit().await,
-        Some(0),
-        "exit code after SIGTERM; logs:\n{}",
-        first.logs()
-    );
+    assert_eq!(first.wait_exit().await, Some(0), "exit code after SIGTERM; logs:\n{}", first.logs());
     assert!(first.logs().contains("released the Lease"));
     let (holder, _) = wait_for("the second replica to lead", || {
         let client = client.clone();
         let ns = ns.name.clone();
-        async move {
-            lease_holder(&client, &ns, "girder-operator")
-                .await
-                .filter(|(h, _)| h == "second")
-        }
+        async move { lease_holder(&client, &ns, "girder-operator").await.filter(|(h, _)| h == "second") }
     })
     .await;
     assert_eq!(holder, "second");
@@ -362,17 +275,11 @@ async fn an_unchanged_object_gets_no_status_write() {
         let roles = roles.clone();
         async move {
             let list = roles.list(&Default::default()).await.ok()?;
-            let all_settled = list.items.iter().all(|r| {
-                r.status
-                    .as_ref()
-                    .is_some_and(|s| s.observed_generation == r.metadata.generation)
-            });
-            all_settled.then(|| {
-                list.items
-                    .iter()
-                    .map(|r| r.metadata.resource_version.clone())
-                    .collect::<Vec<_>>()
-            })
+            let all_settled = list
+                .items
+                .iter()
+                .all(|r| r.status.as_ref().is_some_and(|s| s.observed_generation == r.metadata.generation));
+            all_settled.then(|| list.items.iter().map(|r| r.metadata.resource_version.clone()).collect::<Vec<_>>())
         }
     };
     let roles_before = wait_for("every role to get a status", role_versions).await;
@@ -381,19 +288,14 @@ async fn an_unchanged_object_gets_no_status_write() {
 
     // A fresh operator reconciles everything again and must write nothing.
     let second = Operator::start(OperatorOptions::new(&ns.name, "second"));
-    wait_for(
-        "the new operator to reconcile the workload and the roles",
-        || {
-            let workloads = second.metric("girder_reconciles_total{kind=\"Workload\"}");
-            let roles = second.metric("girder_reconciles_total{kind=\"Role\"}");
-            async move { (workloads? >= 1.0 && roles? >= 4.0).then_some(()) }
-        },
-    )
+    wait_for("the new operator to reconcile the workload and the roles", || {
+        let workloads = second.metric("girder_reconciles_total{kind=\"Workload\"}");
+        let roles = second.metric("girder_reconciles_total{kind=\"Role\"}");
+        async move { (workloads? >= 1.0 && roles? >= 4.0).then_some(()) }
+    })
     .await;
     // Touching a role (not its spec) triggers every workload of the namespace again.
-    let reconciles = second
-        .metric("girder_reconciles_total{kind=\"Workload\"}")
-        .unwrap();
+    let reconciles = second.metric("girder_reconciles_total{kind=\"Workload\"}").unwrap();
     roles
         .patch(
             "k8s-worker",
@@ -402,26 +304,16 @@ async fn an_unchanged_object_gets_no_status_write() {
         )
         .await
         .expect("label a role");
-    wait_for(
-        "the workload to be reconciled after the role changed",
-        || {
-            let now = second.metric("girder_reconciles_total{kind=\"Workload\"}");
-            async move { (now? > reconciles).then_some(()) }
-        },
-    )
+    wait_for("the workload to be reconciled after the role changed", || {
+        let now = second.metric("girder_reconciles_total{kind=\"Workload\"}");
+        async move { (now? > reconciles).then_some(()) }
+    })
     .await;
 
     let api: Api<Workload> = Api::namespaced(client.clone(), &ns.name);
     let after = api.get("lab-k8s").await.unwrap();
-    assert_eq!(
-        after.metadata.resource_version, workload.metadata.resource_version,
-        "the workload was rewritten"
-    );
-    assert_eq!(
-        second.metric("girder_status_writes_total"),
-        Some(0.0),
-        "status writes by the second operator"
-    );
+    assert_eq!(after.metadata.resource_version, workload.metadata.resource_version, "the workload was rewritten");
+    assert_eq!(second.metric("girder_status_writes_total"), Some(0.0), "status writes by the second operator");
     let mut roles_after = roles_versions_now(&roles).await;
     let mut expected = roles_before;
     // Only the label patch itself moved k8s-worker's resourceVersion.
@@ -436,12 +328,5 @@ async fn an_unchanged_object_gets_no_status_write() {
 }
 
 async fn roles_versions_now(roles: &Api<Role>) -> Vec<Option<String>> {
-    roles
-        .list(&Default::default())
-        .await
-        .unwrap()
-        .items
-        .iter()
-        .map(|r| r.metadata.resource_version.clone())
-        .collect()
+    roles.list(&Default::default()).await.unwrap().items.iter().map(|r| r.metadata.resource_version.clone()).collect()
 }

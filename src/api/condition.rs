@@ -66,11 +66,8 @@ impl Condition {
 /// condition whose status did not change keeps its `lastTransitionTime`.
 /// Conditions of types this component does not decide are kept as they are.
 pub fn merge(existing: &[Condition], decided: Vec<Condition>) -> Vec<Condition> {
-    let mut merged: Vec<Condition> = existing
-        .iter()
-        .filter(|old| !decided.iter().any(|new| new.type_ == old.type_))
-        .cloned()
-        .collect();
+    let mut merged: Vec<Condition> =
+        existing.iter().filter(|old| !decided.iter().any(|new| new.type_ == old.type_)).cloned().collect();
     for mut new in decided {
         if let Some(old) = existing.iter().find(|old| old.type_ == new.type_)
             && old.status == new.status
@@ -92,10 +89,7 @@ pub fn find<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Conditio
 pub fn conditions_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
     let mut schema = generator.subschema_for::<Vec<Condition>>();
     schema.insert("x-kubernetes-list-type".into(), "map".into());
-    schema.insert(
-        "x-kubernetes-list-map-keys".into(),
-        serde_json::json!(["type"]),
-    );
+    schema.insert("x-kubernetes-list-map-keys".into(), serde_json::json!(["type"]));
     schema
 }
 
@@ -108,10 +102,7 @@ mod tests {
     }
 
     fn cond(type_: &str, status: bool, seconds: i64) -> Condition {
-        Condition {
-            last_transition_time: at(seconds),
-            ..Condition::new(type_, status, "Reason", "message", Some(1))
-        }
+        Condition { last_transition_time: at(seconds), ..Condition::new(type_, status, "Reason", "message", Some(1)) }
     }
 
     #[test]

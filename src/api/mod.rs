@@ -24,10 +24,5 @@ pub const GROUP: &str = "girder.dev";
 
 /// Every girder CRD, in a stable order.
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    vec![
-        BareMetalNode::crd(),
-        Network::crd(),
-        Role::crd(),
-        Workload::crd(),
-    ]
+    vec![BareMetalNode::crd(), Network::crd(), Role::crd(), Workload::crd()]
 }

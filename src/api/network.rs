@@ -34,41 +34,17 @@ macro_rules! ipv4_value {
     status = "NetworkStatus",
     shortname = "gnet",
     category = "girder",
-    printcolumn(
-        name = "CIDR",
-        type_ = "string",
-        json_path = ".spec.cidr",
-        description = "IPv4 network"
-    ),
-    printcolumn(
-        name = "IPv6",
-        type_ = "string",
-        json_path = ".spec.ipv6Prefix",
-        description = "IPv6 prefix"
-    ),
+    printcolumn(name = "CIDR", type_ = "string", json_path = ".spec.cidr", description = "IPv4 network"),
+    printcolumn(name = "IPv6", type_ = "string", json_path = ".spec.ipv6Prefix", description = "IPv6 prefix"),
     printcolumn(
         name = "Category",
         type_ = "string",
         json_path = ".spec.category",
         description = "What the network is for"
     ),
-    printcolumn(
-        name = "DHCP",
-        type_ = "string",
-        json_path = ".spec.dhcp.mode",
-        description = "How DHCP is done"
-    ),
-    printcolumn(
-        name = "Free",
-        type_ = "integer",
-        json_path = ".status.free",
-        description = "Free static addresses"
-    ),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    )
+    printcolumn(name = "DHCP", type_ = "string", json_path = ".spec.dhcp.mode", description = "How DHCP is done"),
+    printcolumn(name = "Free", type_ = "integer", json_path = ".status.free", description = "Free static addresses"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[x_kube(validation = Rule::new("has(self.cidr) || has(self.ipv6Prefix)").message("set cidr, ipv6Prefix or both").field_path(".cidr"))]
 #[x_kube(validation = Rule::new("!has(self.cidr) || !isCIDR(self.cidr) || !has(self.ranges) || self.ranges.all(r, !isIP(r.start) || !isIP(r.end) || ip(r.start).family() != 4 || (cidr(self.cidr).containsIP(r.start) && cidr(self.cidr).containsIP(r.end)))").message("every IPv4 range must lie inside cidr").field_path(".ranges"))]
@@ -100,9 +76,7 @@ pub struct NetworkSpec {
     /// DNS domain of the nodes' names on this network.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(
-        regex(
-            pattern = r"^([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\.)*[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
-        ),
+        regex(pattern = r"^([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\.)*[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"),
         length(max = 253)
     )]
     pub domain: Option<String>,

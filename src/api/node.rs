@@ -30,18 +30,8 @@ use serde::{Deserialize, Serialize};
         json_path = ".status.powerState",
         description = "Power state last read from the BMC"
     ),
-    printcolumn(
-        name = "BMC",
-        type_ = "string",
-        json_path = ".spec.bmc.address",
-        description = "BMC address"
-    ),
-    printcolumn(
-        name = "Online",
-        type_ = "boolean",
-        json_path = ".spec.online",
-        description = "Desired power"
-    ),
+    printcolumn(name = "BMC", type_ = "string", json_path = ".spec.bmc.address", description = "BMC address"),
+    printcolumn(name = "Online", type_ = "boolean", json_path = ".spec.online", description = "Desired power"),
     printcolumn(
         name = "Maintenance",
         type_ = "boolean",
@@ -49,11 +39,7 @@ use serde::{Deserialize, Serialize};
         priority = 1,
         description = "Automation stopped"
     ),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    )
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[x_kube(validation = Rule::new("!(has(self.image) && has(self.bootProfile))").message("set either image or bootProfile, not both").field_path(".image"))]
 #[serde(rename_all = "camelCase")]
@@ -63,11 +49,7 @@ pub struct BareMetalNodeSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bmc: Option<BmcSpec>,
     /// MAC address of the NIC the node PXE-boots from, e.g. `52:54:00:12:34:56`.
-    #[serde(
-        default,
-        rename = "bootMACAddress",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, rename = "bootMACAddress", skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}$"))]
     pub boot_mac_address: Option<String>,
     /// Desired power: true keeps the node powered on, false powered off.

@@ -31,12 +31,7 @@ pub struct Context {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("cannot write the status of {kind} {namespace}/{name}: {source}")]
-    StatusWrite {
-        kind: &'static str,
-        namespace: String,
-        name: String,
-        source: kube::Error,
-    },
+    StatusWrite { kind: &'static str, namespace: String, name: String, source: kube::Error },
     #[error("{kind} {name} has no namespace")]
     NoNamespace { kind: &'static str, name: String },
 }
@@ -70,30 +65,20 @@ impl Backoff {
             *count = count.saturating_add(1);
             *count
         };
-        let full = Self::BASE
-            .saturating_mul(1u32 << (attempt - 1).min(16))
-            .min(Self::CAP);
+        let full = Self::BASE.saturating_mul(1u32 << (attempt - 1).min(16)).min(Self::CAP);
         let jitter = rand::rng().random_range(0.5..=1.0);
         full.mul_f64(jitter)
     }
 
     /// Forgets the failures of `key` after a successful reconcile.
     pub fn succeeded(&self, key: &str) {
-        self.failures
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(key);
+        self.failures.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
     }
 }
 
 /// The backoff key of an object.
 pub fn key<K: Resource<DynamicType = ()>>(obj: &ObjectRef<K>) -> String {
-    format!(
-        "{}/{}/{}",
-        K::kind(&()),
-        obj.namespace.as_deref().unwrap_or(""),
-        obj.name
-    )
+    format!("{}/{}/{}", K::kind(&()), obj.namespace.as_deref().unwrap_or(""), obj.name)
 }
 
 impl Context {
@@ -106,13 +91,8 @@ impl Context {
         note: String,
         action: &str,
     ) {
-        let event = Event {
-            type_,
-            reason: reason.to_string(),
-            note: Some(note),
-            action: action.to_string(),
-            secondary: None,
-        };
+        let event =
+            Event { type_, reason: reason.to_string(), note: Some(note), action: action.to_string(), secondary: None };
         if let Err(err) = self.recorder.publish(&event, &obj.object_ref(&())).await {
             tracing::warn!(reason, error = %err, "cannot record event");
         }
@@ -135,13 +115,8 @@ pub async fn announce_blocked<K: Resource<DynamicType = ()>>(
     if was.is_some_and(|was| was.status == now.status && was.reason == now.reason) {
         return;
     }
-    let type_ = if now.status == ConditionStatus::True {
-        EventType::Warning
-    } else {
-        EventType::Normal
-    };
-    ctx.event(obj, type_, &now.reason, now.message.clone(), action)
-        .await;
+    let type_ = if now.status == ConditionStatus::True { EventType::Warning } else { EventType::Normal };
+    ctx.event(obj, type_, &now.reason, now.message.clone(), action).await;
 }
 
 /// The object inside a guard, or `None` after recording a Warning event
@@ -157,11 +132,9 @@ where
             let name = metadata.name.as_deref().unwrap_or_default();
             let kind = K::kind(&());
             tracing::warn!(%kind, %name, %error, "cannot read object; skipping it until it changes");
-            let note = format!(
-                "cannot read {kind} {name}: {error}; fix the object (kubectl edit) or delete and re-create it"
-            );
-            ctx.event(guard, EventType::Warning, "InvalidObject", note, "Read")
-                .await;
+            let note =
+                format!("cannot read {kind} {name}: {error}; fix the object (kubectl edit) or delete and re-create it");
+            ctx.event(guard, EventType::Warning, "InvalidObject", note, "Read").await;
             None
         }
     }
@@ -175,10 +148,7 @@ where
 {
     let reason = err.metric_label();
     let note = err.to_string();
-    tokio::spawn(async move {
-        ctx.event(obj.as_ref(), EventType::Warning, reason, note, "Reconcile")
-            .await
-    });
+    tokio::spawn(async move { ctx.event(obj.as_ref(), EventType::Warning, reason, note, "Reconcile").await });
 }
 
 #[cfg(test)]

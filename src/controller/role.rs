@@ -27,11 +27,7 @@ struct RoleContext {
 pub fn graph_of(roles: &Store<GuardedRole>, namespace: &str) -> RoleGraph {
     let mut defs = Vec::new();
     let mut unreadable = Vec::new();
-    for guard in roles
-        .state()
-        .iter()
-        .filter(|r| r.namespace().as_deref() == Some(namespace))
-    {
+    for guard in roles.state().iter().filter(|r| r.namespace().as_deref() == Some(namespace)) {
         match &guard.0 {
             Ok(role) => defs.push(RoleDef {
                 name: role.name_any(),
@@ -58,29 +54,16 @@ pub fn decide(role: &Role, graph: &RoleGraph, existing: Option<&RoleStatus>) -> 
                     "Ready",
                     true,
                     "DependenciesResolved",
-                    format!(
-                        "all {parents} required roles exist and no dependency cycle runs through this role"
-                    ),
+                    format!("all {parents} required roles exist and no dependency cycle runs through this role"),
                     generation,
                 ),
-                Condition::new(
-                    "Blocked",
-                    false,
-                    "DependenciesResolved",
-                    "nothing blocks this role",
-                    generation,
-                ),
+                Condition::new("Blocked", false, "DependenciesResolved", "nothing blocks this role", generation),
             ]
         }
         Err(err) => blocked(&err, generation),
     };
-    let existing_conditions = existing
-        .map(|s| s.conditions.as_slice())
-        .unwrap_or_default();
-    RoleStatus {
-        conditions: condition::merge(existing_conditions, decided),
-        observed_generation: generation,
-    }
+    let existing_conditions = existing.map(|s| s.conditions.as_slice()).unwrap_or_default();
+    RoleStatus { conditions: condition::merge(existing_conditions, decided), observed_generation: generation }
 }
 
 fn blocked(err: &GraphError, generation: Option<i64>) -> Vec<Condition> {
@@ -97,33 +80,23 @@ async fn reconcile(guard: Arc<GuardedRole>, rc: Arc<RoleContext>) -> Result<Acti
         return Ok(Action::await_change());
     };
     let started = Instant::now();
-    let namespace = role.namespace().ok_or_else(|| Error::NoNamespace {
-        kind: "Role",
-        name: role.name_any(),
-    })?;
+    let namespace = role.namespace().ok_or_else(|| Error::NoNamespace { kind: "Role", name: role.name_any() })?;
     let graph = graph_of(&rc.roles, &namespace);
     let status = decide(role, &graph, role.status.as_ref());
     if role.status.as_ref() != Some(&status) {
         let api: Api<Role> = Api::namespaced(ctx.client.clone(), &namespace);
-        apply_status(&api, role, manager::ROLE, &status)
-            .await
-            .map_err(|source| Error::StatusWrite {
-                kind: "Role",
-                namespace: namespace.clone(),
-                name: role.name_any(),
-                source,
-            })?;
+        apply_status(&api, role, manager::ROLE, &status).await.map_err(|source| Error::StatusWrite {
+            kind: "Role",
+            namespace: namespace.clone(),
+            name: role.name_any(),
+            source,
+        })?;
         ctx.metrics.status_written("Role");
-        let before = role
-            .status
-            .as_ref()
-            .map(|s| s.conditions.as_slice())
-            .unwrap_or_default();
+        let before = role.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
         super::announce_blocked(ctx, role, before, &status.conditions, "Resolve").await;
     }
     ctx.metrics.reconciled("Role", started.elapsed());
-    ctx.backoff
-        .succeeded(&key(&ObjectRef::from_obj(guard.as_ref())));
+    ctx.backoff.succeeded(&key(&ObjectRef::from_obj(guard.as_ref())));
     Ok(Action::requeue(Duration::from_secs(3600)))
 }
 
@@ -131,11 +104,7 @@ fn error_policy(guard: Arc<GuardedRole>, err: &Error, rc: Arc<RoleContext>) -> A
     tracing::warn!(role = %guard.name_any(), error = %err, "reconcile failed");
     rc.ctx.metrics.failed("Role", err.metric_label());
     super::warn_later(rc.ctx.clone(), guard.clone(), err);
-    Action::requeue(
-        rc.ctx
-            .backoff
-            .failed(&key(&ObjectRef::from_obj(guard.as_ref()))),
-    )
+    Action::requeue(rc.ctx.backoff.failed(&key(&ObjectRef::from_obj(guard.as_ref()))))
 }
 
 /// Runs the Role controller on the shared Role cache until `shutdown`.
@@ -159,11 +128,7 @@ pub async fn run(
                 .collect::<Vec<_>>()
         })
         .graceful_shutdown_on(async move { shutdown.cancelled().await })
-        .run(
-            reconcile,
-            error_policy,
-            Arc::new(RoleContext { ctx, roles }),
-        )
+        .run(reconcile, error_policy, Arc::new(RoleContext { ctx, roles }))
         .for_each(|_| futures::future::ready(()))
         .await;
 }
@@ -176,10 +141,7 @@ mod tests {
     fn role(name: &str, requires: &[&str]) -> Role {
         let mut role = Role::new(
             name,
-            RoleSpec {
-                requires: requires.iter().map(|s| s.to_string()).collect(),
-                ..Default::default()
-            },
+            RoleSpec { requires: requires.iter().map(|s| s.to_string()).collect(), ..Default::default() },
         );
         role.metadata.namespace = Some("lab".into());
         role.metadata.generation = Some(3);
@@ -211,11 +173,7 @@ mod tests {
         let blocked = condition::find(&status.conditions, "Blocked").unwrap();
         assert_eq!(blocked.status, ConditionStatus::True);
         assert_eq!(blocked.reason, "DependencyCycle");
-        assert!(
-            blocked.message.contains("a -> b -> a"),
-            "{}",
-            blocked.message
-        );
+        assert!(blocked.message.contains("a -> b -> a"), "{}", blocked.message);
     }
 
     #[test]

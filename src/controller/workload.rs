@@ -24,11 +24,7 @@ struct WorkloadContext {
 }
 
 /// Decides a Workload's status from the role graph of its namespace (pure).
-pub fn decide(
-    workload: &Workload,
-    graph: &RoleGraph,
-    existing: Option<&WorkloadStatus>,
-) -> WorkloadStatus {
+pub fn decide(workload: &Workload, graph: &RoleGraph, existing: Option<&WorkloadStatus>) -> WorkloadStatus {
     let generation = workload.metadata.generation;
     let placed: Vec<String> = workload.spec.roles.iter().map(|r| r.role.clone()).collect();
     let (plan, decided) = match graph.plan(&placed) {
@@ -58,20 +54,8 @@ pub fn decide(
                     format!("{summary}; roles run once nodes are provisioned"),
                     generation,
                 ),
-                Condition::new(
-                    "Progressing",
-                    false,
-                    "AwaitingNodes",
-                    "no role is running yet",
-                    generation,
-                ),
-                Condition::new(
-                    "Degraded",
-                    false,
-                    "AsExpected",
-                    "no binding is in Error",
-                    generation,
-                ),
+                Condition::new("Progressing", false, "AwaitingNodes", "no role is running yet", generation),
+                Condition::new("Degraded", false, "AsExpected", "no binding is in Error", generation),
             ];
             (plan, conditions)
         }
@@ -81,20 +65,12 @@ pub fn decide(
                 Condition::new("Blocked", true, err.reason(), message.clone(), generation),
                 Condition::new("Ready", false, err.reason(), message.clone(), generation),
                 Condition::new("Progressing", false, err.reason(), message, generation),
-                Condition::new(
-                    "Degraded",
-                    false,
-                    "AsExpected",
-                    "no binding is in Error",
-                    generation,
-                ),
+                Condition::new("Degraded", false, "AsExpected", "no binding is in Error", generation),
             ];
             (Vec::new(), conditions)
         }
     };
-    let existing_conditions = existing
-        .map(|s| s.conditions.as_slice())
-        .unwrap_or_default();
+    let existing_conditions = existing.map(|s| s.conditions.as_slice()).unwrap_or_default();
     WorkloadStatus {
         conditions: condition::merge(existing_conditions, decided),
         observed_generation: generation,
@@ -106,11 +82,7 @@ pub fn decide(
             .iter()
             .map(|r| RoleCounts {
                 role: r.role.clone(),
-                desired: r.count.or_else(|| {
-                    r.nodes
-                        .as_ref()
-                        .map(|n| i32::try_from(n.len()).unwrap_or(i32::MAX))
-                }),
+                desired: r.count.or_else(|| r.nodes.as_ref().map(|n| i32::try_from(n.len()).unwrap_or(i32::MAX))),
                 ..Default::default()
             })
             .collect(),
@@ -118,58 +90,38 @@ pub fn decide(
 }
 
 #[tracing::instrument(skip_all, fields(namespace = guard.namespace().unwrap_or_default(), workload = %guard.name_any()))]
-async fn reconcile(
-    guard: Arc<DeserializeGuard<Workload>>,
-    wc: Arc<WorkloadContext>,
-) -> Result<Action, Error> {
+async fn reconcile(guard: Arc<DeserializeGuard<Workload>>, wc: Arc<WorkloadContext>) -> Result<Action, Error> {
     let ctx = &wc.ctx;
     let Some(workload) = super::readable(ctx, guard.as_ref()).await else {
         return Ok(Action::await_change());
     };
     let started = Instant::now();
-    let namespace = workload.namespace().ok_or_else(|| Error::NoNamespace {
-        kind: "Workload",
-        name: workload.name_any(),
-    })?;
+    let namespace =
+        workload.namespace().ok_or_else(|| Error::NoNamespace { kind: "Workload", name: workload.name_any() })?;
     let graph = super::role::graph_of(&wc.roles, &namespace);
     let status = decide(workload, &graph, workload.status.as_ref());
     if workload.status.as_ref() != Some(&status) {
         let api: Api<Workload> = Api::namespaced(ctx.client.clone(), &namespace);
-        apply_status(&api, workload, manager::WORKLOAD, &status)
-            .await
-            .map_err(|source| Error::StatusWrite {
-                kind: "Workload",
-                namespace: namespace.clone(),
-                name: workload.name_any(),
-                source,
-            })?;
+        apply_status(&api, workload, manager::WORKLOAD, &status).await.map_err(|source| Error::StatusWrite {
+            kind: "Workload",
+            namespace: namespace.clone(),
+            name: workload.name_any(),
+            source,
+        })?;
         ctx.metrics.status_written("Workload");
-        let before = workload
-            .status
-            .as_ref()
-            .map(|s| s.conditions.as_slice())
-            .unwrap_or_default();
+        let before = workload.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
         super::announce_blocked(ctx, workload, before, &status.conditions, "Plan").await;
     }
     ctx.metrics.reconciled("Workload", started.elapsed());
-    ctx.backoff
-        .succeeded(&key(&ObjectRef::from_obj(guard.as_ref())));
+    ctx.backoff.succeeded(&key(&ObjectRef::from_obj(guard.as_ref())));
     Ok(Action::requeue(Duration::from_secs(3600)))
 }
 
-fn error_policy(
-    guard: Arc<DeserializeGuard<Workload>>,
-    err: &Error,
-    wc: Arc<WorkloadContext>,
-) -> Action {
+fn error_policy(guard: Arc<DeserializeGuard<Workload>>, err: &Error, wc: Arc<WorkloadContext>) -> Action {
     tracing::warn!(workload = %guard.name_any(), error = %err, "reconcile failed");
     wc.ctx.metrics.failed("Workload", err.metric_label());
     super::warn_later(wc.ctx.clone(), guard.clone(), err);
-    Action::requeue(
-        wc.ctx
-            .backoff
-            .failed(&key(&ObjectRef::from_obj(guard.as_ref()))),
-    )
+    Action::requeue(wc.ctx.backoff.failed(&key(&ObjectRef::from_obj(guard.as_ref()))))
 }
 
 /// Runs the Workload controller until `shutdown`; `role_changes` re-plans
@@ -197,11 +149,7 @@ pub async fn run(
                 .collect::<Vec<_>>()
         })
         .graceful_shutdown_on(async move { shutdown.cancelled().await })
-        .run(
-            reconcile,
-            error_policy,
-            Arc::new(WorkloadContext { ctx, roles }),
-        )
+        .run(reconcile, error_policy, Arc::new(WorkloadContext { ctx, roles }))
         .for_each(|_| futures::future::ready(()))
         .await;
 }
@@ -218,12 +166,7 @@ mod tests {
             WorkloadSpec {
                 roles: roles
                     .iter()
-                    .map(|r| WorkloadRole {
-                        role: r.to_string(),
-                        count: Some(3),
-                        nodes: None,
-                        attributes: None,
-                    })
+                    .map(|r| WorkloadRole { role: r.to_string(), count: Some(3), nodes: None, attributes: None })
                     .collect(),
                 ..Default::default()
             },
@@ -254,12 +197,7 @@ mod tests {
         assert!(status.plan[1].barrier);
         assert_eq!(status.layer_count, Some(2));
         assert_eq!(status.observed_generation, Some(7));
-        assert!(
-            status
-                .conditions
-                .iter()
-                .all(|c| c.observed_generation == Some(7))
-        );
+        assert!(status.conditions.iter().all(|c| c.observed_generation == Some(7)));
         assert_eq!(status.roles[0].desired, Some(3));
         let blocked = condition::find(&status.conditions, "Blocked").unwrap();
         assert_eq!(blocked.status, ConditionStatus::False);

@@ -57,11 +57,8 @@ pub fn anneal(graph: &RoleGraph, bindings: &[Binding], max_in_flight: usize) -> 
 
     // Start Todo bindings: parents first, then by role and node, for a stable order.
     let depth = |role: &str| view.depth(role);
-    let mut busy_nodes: BTreeSet<String> = decisions
-        .iter()
-        .filter(|d| d.state == BindingState::Running)
-        .map(|d| d.node.clone())
-        .collect();
+    let mut busy_nodes: BTreeSet<String> =
+        decisions.iter().filter(|d| d.state == BindingState::Running).map(|d| d.node.clone()).collect();
     let mut in_flight = decisions.iter().filter(|d| d.state == BindingState::Running).count();
     let mut todo: Vec<usize> = (0..decisions.len()).filter(|&i| decisions[i].state == BindingState::Todo).collect();
     todo.sort_by(|&a, &b| {
@@ -151,7 +148,12 @@ impl View<'_> {
     }
 
     /// The first ancestor binding in Error, searching parents before grandparents.
-    fn failed_ancestor(&self, role: &str, node: &str, seen: &mut BTreeSet<(String, String)>) -> Option<(String, String)> {
+    fn failed_ancestor(
+        &self,
+        role: &str,
+        node: &str,
+        seen: &mut BTreeSet<(String, String)>,
+    ) -> Option<(String, String)> {
         let parents = self.parent_bindings(role, node);
         for (parent, nodes) in &parents {
             for n in nodes {

@@ -28,9 +28,7 @@ pub struct RoleDef {
 }
 
 /// The state of one role bound to one node.
-#[derive(
-    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, JsonSchema,
-)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, JsonSchema)]
 pub enum BindingState {
     /// Placed, not yet evaluated.
     Proposed,
@@ -51,14 +49,9 @@ pub enum BindingState {
 pub enum GraphError {
     /// A role is named but does not exist.
     #[error("{}", missing_message(.role, .required_by.as_deref()))]
-    MissingRole {
-        role: String,
-        required_by: Option<String>,
-    },
+    MissingRole { role: String, required_by: Option<String> },
     /// A role requires a parent the workload does not place.
-    #[error(
-        "role {required_by} requires {role}, which this workload does not place: add {role} to spec.roles"
-    )]
+    #[error("role {required_by} requires {role}, which this workload does not place: add {role} to spec.roles")]
     NotPlaced { role: String, required_by: String },
     /// A role exists but its object cannot be read.
     #[error("role {role} cannot be read ({error}); fix the object or delete and re-create it")]
@@ -109,18 +102,12 @@ pub struct RoleGraph {
 
 impl RoleGraph {
     pub fn new(roles: impl IntoIterator<Item = RoleDef>) -> Self {
-        Self {
-            roles: roles.into_iter().map(|r| (r.name.clone(), r)).collect(),
-            unreadable: BTreeMap::new(),
-        }
+        Self { roles: roles.into_iter().map(|r| (r.name.clone(), r)).collect(), unreadable: BTreeMap::new() }
     }
 
     /// Adds roles that exist but cannot be read, so that what depends on them
     /// says so instead of calling them missing.
-    pub fn with_unreadable(
-        mut self,
-        unreadable: impl IntoIterator<Item = (String, String)>,
-    ) -> Self {
+    pub fn with_unreadable(mut self, unreadable: impl IntoIterator<Item = (String, String)>) -> Self {
         self.unreadable.extend(unreadable);
         self
     }
@@ -128,14 +115,8 @@ impl RoleGraph {
     /// The error for a role that is not in the graph.
     fn absent(&self, role: &str, required_by: Option<&str>) -> GraphError {
         match self.unreadable.get(role) {
-            Some(error) => GraphError::UnreadableRole {
-                role: role.to_string(),
-                error: error.clone(),
-            },
-            None => GraphError::MissingRole {
-                role: role.to_string(),
-                required_by: required_by.map(str::to_string),
-            },
+            Some(error) => GraphError::UnreadableRole { role: role.to_string(), error: error.clone() },
+            None => GraphError::MissingRole { role: role.to_string(), required_by: required_by.map(str::to_string) },
         }
     }
 
@@ -153,12 +134,7 @@ impl RoleGraph {
                 return Err(self.absent(&name, child.as_deref()));
             };
             if ancestry.insert(name.clone()) {
-                stack.extend(
-                    def.requires
-                        .iter()
-                        .rev()
-                        .map(|p| (p.clone(), Some(name.clone()))),
-                );
+                stack.extend(def.requires.iter().rev().map(|p| (p.clone(), Some(name.clone()))));
             }
         }
         match find_cycle(&ancestry, |name| self.parents(name)) {
@@ -173,19 +149,13 @@ impl RoleGraph {
     pub fn plan(&self, placed: &[String]) -> Result<Vec<Layer>, GraphError> {
         let placed: BTreeSet<&str> = placed.iter().map(String::as_str).collect();
         for &name in &placed {
-            let def = self
-                .roles
-                .get(name)
-                .ok_or_else(|| self.absent(name, None))?;
+            let def = self.roles.get(name).ok_or_else(|| self.absent(name, None))?;
             for parent in &def.requires {
                 if !self.roles.contains_key(parent) {
                     return Err(self.absent(parent, Some(name)));
                 }
                 if !placed.contains(parent.as_str()) {
-                    return Err(GraphError::NotPlaced {
-                        role: parent.clone(),
-                        required_by: name.to_string(),
-                    });
+                    return Err(GraphError::NotPlaced { role: parent.clone(), required_by: name.to_string() });
                 }
             }
         }
@@ -203,22 +173,13 @@ impl RoleGraph {
                 }
                 let parents = &self.roles[name].requires;
                 if parents.iter().all(|p| depth.contains_key(p.as_str())) {
-                    let d = parents
-                        .iter()
-                        .map(|p| depth[p.as_str()] + 1)
-                        .max()
-                        .unwrap_or(0);
+                    let d = parents.iter().map(|p| depth[p.as_str()] + 1).max().unwrap_or(0);
                     depth.insert(name, d);
                 }
             }
         }
         let layer_count = depth.values().max().map_or(0, |d| d + 1);
-        let mut layers: Vec<Layer> = (0..layer_count)
-            .map(|_| Layer {
-                roles: Vec::new(),
-                barrier: false,
-            })
-            .collect();
+        let mut layers: Vec<Layer> = (0..layer_count).map(|_| Layer { roles: Vec::new(), barrier: false }).collect();
         for (name, d) in depth {
             let def = &self.roles[name];
             let layer = &mut layers[d];
@@ -229,20 +190,14 @@ impl RoleGraph {
     }
 
     fn parents<'a>(&'a self, name: &str) -> impl Iterator<Item = &'a str> + use<'a> {
-        self.roles
-            .get(name)
-            .into_iter()
-            .flat_map(|def| def.requires.iter().map(String::as_str))
+        self.roles.get(name).into_iter().flat_map(|def| def.requires.iter().map(String::as_str))
     }
 }
 
 /// Finds a cycle among `nodes` (edges from `edges`, ignoring targets outside
 /// `nodes`), deterministically: the returned path starts at the smallest
 /// member of the cycle and ends with it again.
-fn find_cycle<'a, 'e, I>(
-    nodes: &'a BTreeSet<String>,
-    edges: impl Fn(&str) -> I,
-) -> Option<Vec<String>>
+fn find_cycle<'a, 'e, I>(nodes: &'a BTreeSet<String>, edges: impl Fn(&str) -> I) -> Option<Vec<String>>
 where
     I: Iterator<Item = &'e str>,
 {
@@ -287,29 +242,17 @@ where
 }
 
 /// Targets inside `nodes`, reversed so that popping visits them in order.
-fn sorted_targets<'a, 'e>(
-    nodes: &'a BTreeSet<String>,
-    targets: impl Iterator<Item = &'e str>,
-) -> Vec<&'a str> {
-    let mut targets: Vec<&str> = targets
-        .filter_map(|t| nodes.get(t).map(String::as_str))
-        .collect();
+fn sorted_targets<'a, 'e>(nodes: &'a BTreeSet<String>, targets: impl Iterator<Item = &'e str>) -> Vec<&'a str> {
+    let mut targets: Vec<&str> = targets.filter_map(|t| nodes.get(t).map(String::as_str)).collect();
     targets.sort_unstable_by(|a, b| b.cmp(a));
     targets.dedup();
     targets
 }
 
 fn rotate_cycle(members: &[&str]) -> Vec<String> {
-    let smallest = members
-        .iter()
-        .enumerate()
-        .min_by_key(|(_, n)| **n)
-        .map_or(0, |(i, _)| i);
-    let mut cycle: Vec<String> = members[smallest..]
-        .iter()
-        .chain(&members[..smallest])
-        .map(|s| s.to_string())
-        .collect();
+    let smallest = members.iter().enumerate().min_by_key(|(_, n)| **n).map_or(0, |(i, _)| i);
+    let mut cycle: Vec<String> =
+        members[smallest..].iter().chain(&members[..smallest]).map(|s| s.to_string()).collect();
     if let Some(first) = cycle.first().cloned() {
         cycle.push(first);
     }

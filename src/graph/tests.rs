@@ -1,11 +1,7 @@
 use super::*;
 
 fn role(name: &str, requires: &[&str], scope: Scope) -> RoleDef {
-    RoleDef {
-        name: name.to_string(),
-        requires: requires.iter().map(|s| s.to_string()).collect(),
-        scope,
-    }
+    RoleDef { name: name.to_string(), requires: requires.iter().map(|s| s.to_string()).collect(), scope }
 }
 
 fn names(list: &[&str]) -> Vec<String> {
@@ -26,27 +22,12 @@ fn kubernetes_lab() -> RoleGraph {
 #[test]
 fn plan_layers_follow_dependencies() {
     let graph = kubernetes_lab();
-    let layers = graph
-        .plan(&names(&[
-            "k8s-worker",
-            "k8s-master",
-            "etcd-cluster",
-            "etcd-install",
-            "node-base",
-        ]))
-        .unwrap();
-    let roles: Vec<Vec<&str>> = layers
-        .iter()
-        .map(|l| l.roles.iter().map(String::as_str).collect())
-        .collect();
+    let layers =
+        graph.plan(&names(&["k8s-worker", "k8s-master", "etcd-cluster", "etcd-install", "node-base"])).unwrap();
+    let roles: Vec<Vec<&str>> = layers.iter().map(|l| l.roles.iter().map(String::as_str).collect()).collect();
     assert_eq!(
         roles,
-        vec![
-            vec!["etcd-install", "node-base"],
-            vec!["etcd-cluster"],
-            vec!["k8s-master"],
-            vec!["k8s-worker"],
-        ]
+        vec![vec!["etcd-install", "node-base"], vec!["etcd-cluster"], vec!["k8s-master"], vec!["k8s-worker"],]
     );
     let barriers: Vec<bool> = layers.iter().map(|l| l.barrier).collect();
     assert_eq!(barriers, [false, true, true, true]);
@@ -73,17 +54,8 @@ fn empty_placement_gives_an_empty_plan() {
 #[test]
 fn missing_placed_role_is_named() {
     let err = kubernetes_lab().plan(&names(&["ceph-mon"])).unwrap_err();
-    assert_eq!(
-        err,
-        GraphError::MissingRole {
-            role: "ceph-mon".into(),
-            required_by: None
-        }
-    );
-    assert_eq!(
-        err.to_string(),
-        "role ceph-mon does not exist in this namespace"
-    );
+    assert_eq!(err, GraphError::MissingRole { role: "ceph-mon".into(), required_by: None });
+    assert_eq!(err.to_string(), "role ceph-mon does not exist in this namespace");
     assert_eq!(err.reason(), "MissingRole");
 }
 
@@ -91,10 +63,7 @@ fn missing_placed_role_is_named() {
 fn missing_parent_names_parent_and_child() {
     let graph = RoleGraph::new([role("app", &["db"], Scope::Node)]);
     let err = graph.plan(&names(&["app"])).unwrap_err();
-    assert_eq!(
-        err.to_string(),
-        "role app requires db, which does not exist in this namespace"
-    );
+    assert_eq!(err.to_string(), "role app requires db, which does not exist in this namespace");
 }
 
 #[test]
@@ -103,27 +72,14 @@ fn an_unreadable_role_is_named_as_such_not_as_missing() {
         .with_unreadable([("db".to_string(), "unknown variant `Rack`".to_string())]);
     let err = graph.plan(&names(&["app", "db"])).unwrap_err();
     assert_eq!(err.reason(), "UnreadableRole");
-    assert!(
-        err.to_string()
-            .contains("role db cannot be read (unknown variant `Rack`)"),
-        "{err}"
-    );
-    assert_eq!(
-        graph.check_role("app").unwrap_err().reason(),
-        "UnreadableRole"
-    );
+    assert!(err.to_string().contains("role db cannot be read (unknown variant `Rack`)"), "{err}");
+    assert_eq!(graph.check_role("app").unwrap_err().reason(), "UnreadableRole");
 }
 
 #[test]
 fn unplaced_parent_is_refused() {
     let err = kubernetes_lab().plan(&names(&["k8s-worker"])).unwrap_err();
-    assert_eq!(
-        err,
-        GraphError::NotPlaced {
-            role: "k8s-master".into(),
-            required_by: "k8s-worker".into()
-        }
-    );
+    assert_eq!(err, GraphError::NotPlaced { role: "k8s-master".into(), required_by: "k8s-worker".into() });
     assert_eq!(err.reason(), "RoleNotPlaced");
 }
 
@@ -146,14 +102,8 @@ fn cycle_is_named_in_order_from_its_smallest_member() {
 
 #[test]
 fn two_role_cycle() {
-    let graph = RoleGraph::new([
-        role("y", &["x"], Scope::Node),
-        role("x", &["y"], Scope::Node),
-    ]);
-    assert_eq!(
-        graph.plan(&names(&["x", "y"])).unwrap_err(),
-        GraphError::Cycle(names(&["x", "y", "x"]))
-    );
+    let graph = RoleGraph::new([role("y", &["x"], Scope::Node), role("x", &["y"], Scope::Node)]);
+    assert_eq!(graph.plan(&names(&["x", "y"])).unwrap_err(), GraphError::Cycle(names(&["x", "y", "x"])));
 }
 
 #[test]
@@ -166,16 +116,10 @@ fn check_role_accepts_a_sound_ancestry() {
 
 #[test]
 fn check_role_reports_a_missing_ancestor() {
-    let graph = RoleGraph::new([
-        role("top", &["mid"], Scope::Node),
-        role("mid", &["gone"], Scope::Node),
-    ]);
+    let graph = RoleGraph::new([role("top", &["mid"], Scope::Node), role("mid", &["gone"], Scope::Node)]);
     assert_eq!(
         graph.check_role("top"),
-        Err(GraphError::MissingRole {
-            role: "gone".into(),
-            required_by: Some("mid".into())
-        })
+        Err(GraphError::MissingRole { role: "gone".into(), required_by: Some("mid".into()) })
     );
 }
 
@@ -186,10 +130,7 @@ fn check_role_reports_a_cycle_above_it() {
         role("p", &["q"], Scope::Node),
         role("q", &["p"], Scope::Node),
     ]);
-    assert_eq!(
-        graph.check_role("leaf"),
-        Err(GraphError::Cycle(names(&["p", "q", "p"])))
-    );
+    assert_eq!(graph.check_role("leaf"), Err(GraphError::Cycle(names(&["p", "q", "p"]))));
 }
 
 #[test]
@@ -201,9 +142,7 @@ fn diamond_is_not_a_cycle() {
         role("top", &["left", "right"], Scope::Cluster),
     ]);
     assert_eq!(graph.check_role("top"), Ok(()));
-    let layers = graph
-        .plan(&names(&["base", "left", "right", "top"]))
-        .unwrap();
+    let layers = graph.plan(&names(&["base", "left", "right", "top"])).unwrap();
     assert_eq!(layers[1].roles, ["left", "right"]);
     assert!(layers[2].barrier);
 }
@@ -215,36 +154,27 @@ mod properties {
     /// Random acyclic graphs: role i may only require roles with a smaller index.
     fn acyclic_graph() -> impl Strategy<Value = Vec<RoleDef>> {
         (1usize..24).prop_flat_map(|n| {
-            proptest::collection::vec(
-                (
-                    proptest::collection::vec(any::<prop::sample::Index>(), 0..4),
-                    any::<bool>(),
-                ),
-                n,
-            )
-            .prop_map(move |specs| {
-                specs
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, (parents, cluster))| {
-                        let mut requires: Vec<String> = if i == 0 {
-                            Vec::new()
-                        } else {
-                            parents
-                                .iter()
-                                .map(|p| format!("r{:02}", p.index(i)))
-                                .collect()
-                        };
-                        requires.sort();
-                        requires.dedup();
-                        RoleDef {
-                            name: format!("r{i:02}"),
-                            requires,
-                            scope: if cluster { Scope::Cluster } else { Scope::Node },
-                        }
-                    })
-                    .collect()
-            })
+            proptest::collection::vec((proptest::collection::vec(any::<prop::sample::Index>(), 0..4), any::<bool>()), n)
+                .prop_map(move |specs| {
+                    specs
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, (parents, cluster))| {
+                            let mut requires: Vec<String> = if i == 0 {
+                                Vec::new()
+                            } else {
+                                parents.iter().map(|p| format!("r{:02}", p.index(i))).collect()
+                            };
+                            requires.sort();
+                            requires.dedup();
+                            RoleDef {
+                                name: format!("r{i:02}"),
+                                requires,
+                                scope: if cluster { Scope::Cluster } else { Scope::Node },
+                            }
+                        })
+                        .collect()
+                })
         })
     }
 
@@ -352,7 +282,12 @@ mod annealer {
     #[test]
     fn a_node_scoped_role_waits_only_for_its_own_node() {
         let graph = RoleGraph::new([role("os", &[], Scope::Node), role("agent", &["os"], Scope::Node)]);
-        let bindings = [bind("os", "a", Active), bind("os", "b", Running), bind("agent", "a", Proposed), bind("agent", "b", Proposed)];
+        let bindings = [
+            bind("os", "a", Active),
+            bind("os", "b", Running),
+            bind("agent", "a", Proposed),
+            bind("agent", "b", Proposed),
+        ];
         let decisions = anneal(&graph, &bindings, 10);
         assert_eq!(state_of(&decisions, "agent", "a").0, Running);
         assert_eq!(state_of(&decisions, "agent", "b"), (Blocked, "waiting for os on b".into()));

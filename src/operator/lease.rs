@@ -33,18 +33,9 @@ pub struct Elector {
 #[derive(Debug, thiserror::Error)]
 pub enum LeaseLost {
     #[error("Lease {namespace}/{name} was taken over by {holder}")]
-    TakenOver {
-        namespace: String,
-        name: String,
-        holder: String,
-    },
+    TakenOver { namespace: String, name: String, holder: String },
     #[error("could not renew Lease {namespace}/{name} within {deadline:?}: {last_error}")]
-    RenewDeadline {
-        namespace: String,
-        name: String,
-        deadline: Duration,
-        last_error: String,
-    },
+    RenewDeadline { namespace: String, name: String, deadline: Duration, last_error: String },
 }
 
 enum Attempt {
@@ -54,11 +45,7 @@ enum Attempt {
 
 impl Elector {
     pub fn new(client: Client, config: LeaseConfig) -> Self {
-        Self {
-            api: Api::namespaced(client, &config.namespace),
-            config,
-            observed: None,
-        }
+        Self { api: Api::namespaced(client, &config.namespace), config, observed: None }
     }
 
     /// Waits until this replica holds the Lease; `false` when `shutdown` fired first.
@@ -127,11 +114,7 @@ impl Elector {
         spec.holder_identity = None;
         spec.lease_duration_seconds = Some(1);
         spec.renew_time = Some(MicroTime(jiff::Timestamp::now()));
-        match self
-            .api
-            .replace(&self.config.name, &PostParams::default(), &lease)
-            .await
-        {
+        match self.api.replace(&self.config.name, &PostParams::default(), &lease).await {
             Ok(_) => tracing::info!(lease = %self.config.name, "released the Lease"),
             Err(err) => {
                 tracing::warn!(lease = %self.config.name, error = %err, "cannot release the Lease")
@@ -141,8 +124,7 @@ impl Elector {
 
     async fn try_acquire_or_renew(&mut self) -> kube::Result<Attempt> {
         let now = MicroTime(jiff::Timestamp::now());
-        let duration_seconds =
-            i32::try_from(self.config.lease_duration.as_secs().max(1)).unwrap_or(i32::MAX);
+        let duration_seconds = i32::try_from(self.config.lease_duration.as_secs().max(1)).unwrap_or(i32::MAX);
         let Some(mut lease) = self.api.get_opt(&self.config.name).await? else {
             let lease = Lease {
                 metadata: ObjectMeta {
@@ -180,9 +162,7 @@ impl Elector {
         };
         let held_for = spec
             .lease_duration_seconds
-            .map_or(self.config.lease_duration, |s| {
-                Duration::from_secs(u64::try_from(s).unwrap_or(0))
-            });
+            .map_or(self.config.lease_duration, |s| Duration::from_secs(u64::try_from(s).unwrap_or(0)));
         let mine = holder == self.config.identity;
         let expired = holder.is_empty() || first_seen.elapsed() > held_for;
         if !mine && !expired {
@@ -192,34 +172,20 @@ impl Elector {
         lease.spec = Some(LeaseSpec {
             holder_identity: Some(self.config.identity.clone()),
             lease_duration_seconds: Some(duration_seconds),
-            acquire_time: if mine {
-                spec.acquire_time
-            } else {
-                Some(now.clone())
-            },
+            acquire_time: if mine { spec.acquire_time } else { Some(now.clone()) },
             renew_time: Some(now),
-            lease_transitions: Some(if mine {
-                transitions
-            } else {
-                transitions.saturating_add(1)
-            }),
+            lease_transitions: Some(if mine { transitions } else { transitions.saturating_add(1) }),
             ..spec
         });
         // The resourceVersion in `lease` makes this a compare-and-swap.
-        match self
-            .api
-            .replace(&self.config.name, &PostParams::default(), &lease)
-            .await
-        {
+        match self.api.replace(&self.config.name, &PostParams::default(), &lease).await {
             Ok(_) => {
                 if !mine {
                     tracing::info!(lease = %self.config.name, previous = %holder, "acquired the Lease");
                 }
                 Ok(Attempt::Holding)
             }
-            Err(kube::Error::Api(status)) if status.is_conflict() => {
-                Ok(Attempt::HeldBy("another replica".into()))
-            }
+            Err(kube::Error::Api(status)) if status.is_conflict() => Ok(Attempt::HeldBy("another replica".into())),
             Err(err) => Err(err),
         }
     }

@@ -38,54 +38,23 @@ impl Default for Metrics {
             Histogram::new(exponential_buckets(0.001, 2.0, 14))
         });
         let leader = Gauge::default();
-        registry.register(
-            "reconciles",
-            "Reconciles that completed",
-            reconciles.clone(),
-        );
-        registry.register(
-            "reconcile_failures",
-            "Reconciles that failed, by error",
-            failures.clone(),
-        );
-        registry.register(
-            "status_writes",
-            "Status writes to the API server",
-            status_writes.clone(),
-        );
-        registry.register(
-            "reconcile_duration_seconds",
-            "Time spent in one reconcile",
-            duration.clone(),
-        );
-        registry.register(
-            "leader",
-            "1 while this replica holds the leader Lease",
-            leader.clone(),
-        );
-        Self {
-            registry,
-            reconciles,
-            failures,
-            status_writes,
-            duration,
-            leader,
-        }
+        registry.register("reconciles", "Reconciles that completed", reconciles.clone());
+        registry.register("reconcile_failures", "Reconciles that failed, by error", failures.clone());
+        registry.register("status_writes", "Status writes to the API server", status_writes.clone());
+        registry.register("reconcile_duration_seconds", "Time spent in one reconcile", duration.clone());
+        registry.register("leader", "1 while this replica holds the leader Lease", leader.clone());
+        Self { registry, reconciles, failures, status_writes, duration, leader }
     }
 }
 
 impl Metrics {
     pub fn reconciled(&self, kind: &'static str, took: Duration) {
         self.reconciles.get_or_create(&KindLabel { kind }).inc();
-        self.duration
-            .get_or_create(&KindLabel { kind })
-            .observe(took.as_secs_f64());
+        self.duration.get_or_create(&KindLabel { kind }).observe(took.as_secs_f64());
     }
 
     pub fn failed(&self, kind: &'static str, error: &'static str) {
-        self.failures
-            .get_or_create(&ErrorLabel { kind, error })
-            .inc();
+        self.failures.get_or_create(&ErrorLabel { kind, error }).inc();
     }
 
     pub fn status_written(&self, kind: &'static str) {

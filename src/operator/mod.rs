@@ -65,10 +65,7 @@ pub enum OperatorError {
     #[error("cannot reach the Kubernetes API (set KUBECONFIG or run in a cluster): {0}")]
     Client(kube::Error),
     #[error("cannot listen on {addr}: {source}")]
-    Listen {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    Listen { addr: SocketAddr, source: std::io::Error },
     #[error("lost leadership: {0}; exiting so a fresh start can stand by")]
     LeaseLost(#[from] lease::LeaseLost),
     #[error("the Role cache cannot be shared")]
@@ -80,10 +77,7 @@ pub fn main(args: OperatorArgs) -> Result<(), Box<dyn std::error::Error>> {
     if !(args.retry_period < args.renew_deadline && args.renew_deadline < args.lease_duration) {
         return Err(OperatorError::LeaseTimings.into());
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(OperatorError::Runtime)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(OperatorError::Runtime)?;
     runtime.block_on(run(args)).map_err(|err| {
         tracing::error!(error = %err, "operator stopped");
         err.into()
@@ -93,15 +87,9 @@ pub fn main(args: OperatorArgs) -> Result<(), Box<dyn std::error::Error>> {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .init(),
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).init(),
         LogFormat::Text => builder.init(),
     }
 }
@@ -115,16 +103,10 @@ async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
     let ready = Arc::new(AtomicBool::new(false));
     let listener = tokio::net::TcpListener::bind(args.http_addr)
         .await
-        .map_err(|source| OperatorError::Listen {
-            addr: args.http_addr,
-            source,
-        })?;
+        .map_err(|source| OperatorError::Listen { addr: args.http_addr, source })?;
     let bound = listener.local_addr().unwrap_or(args.http_addr);
     tracing::info!(addr = %bound, "serving /healthz, /readyz and /metrics");
-    let health = http::Health {
-        metrics: metrics.clone(),
-        ready: ready.clone(),
-    };
+    let health = http::Health { metrics: metrics.clone(), ready: ready.clone() };
     let http = tokio::spawn(http::serve(listener, health, shutdown.clone()));
 
     let result = lead(&args, client, metrics, ready, &shutdown).await;
@@ -171,10 +153,7 @@ async fn lead(
     let ctx = Arc::new(Context {
         recorder: Recorder::new(
             client.clone(),
-            Reporter {
-                controller: "girder-operator".into(),
-                instance: Some(identity),
-            },
+            Reporter { controller: "girder-operator".into(), instance: Some(identity) },
         ),
         client,
         metrics: metrics.clone(),
@@ -195,10 +174,7 @@ async fn lead(
     result
 }
 
-async fn run_controllers(
-    ctx: Arc<Context>,
-    shutdown: CancellationToken,
-) -> Result<(), OperatorError> {
+async fn run_controllers(ctx: Arc<Context>, shutdown: CancellationToken) -> Result<(), OperatorError> {
     let roles_api: Api<GuardedRole> = match &ctx.namespace {
         Some(ns) => Api::namespaced(ctx.client.clone(), ns),
         None => Api::all(ctx.client.clone()),
@@ -232,19 +208,9 @@ async fn run_controllers(
             _ = workload_shutdown.cancelled() => return,
             _ = roles_for_workloads.wait_until_ready() => {}
         }
-        controller::workload::run(
-            workload_ctx,
-            roles_for_workloads,
-            workload_roles,
-            workload_shutdown,
-        )
-        .await
+        controller::workload::run(workload_ctx, roles_for_workloads, workload_roles, workload_shutdown).await
     };
-    tokio::join!(
-        role_reflector,
-        controller::role::run(ctx, roles, role_own, role_siblings, shutdown),
-        workloads
-    );
+    tokio::join!(role_reflector, controller::role::run(ctx, roles, role_own, role_siblings, shutdown), workloads);
     Ok(())
 }
 
@@ -257,10 +223,7 @@ fn default_identity() -> String {
 
 async fn stop_on_signal(shutdown: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
         tracing::warn!("cannot install signal handlers; stop with SIGKILL");
         return;
     };

@@ -30,9 +30,7 @@ pub async fn client() -> Client {
             "KUBECONFIG is not set: run `make test`, or `make controlplane` and export KUBECONFIG=$GIRDER_HOME/kubeconfig"
         );
     }
-    Client::try_default()
-        .await
-        .expect("a client from KUBECONFIG")
+    Client::try_default().await.expect("a client from KUBECONFIG")
 }
 
 /// Installs (server-side apply) the CRDs generated from the Rust types and
@@ -41,20 +39,13 @@ pub async fn install_crds(client: &Client) {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     for crd in api::crds() {
         let name = crd.name_any();
-        crds.patch(
-            &name,
-            &PatchParams::apply("girder-tests").force(),
-            &Patch::Apply(&crd),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("apply CRD {name}: {e}"));
-        tokio::time::timeout(
-            PATIENCE,
-            await_condition(crds.clone(), &name, conditions::is_crd_established()),
-        )
-        .await
-        .unwrap_or_else(|_| panic!("CRD {name} not Established"))
-        .unwrap_or_else(|e| panic!("watch CRD {name}: {e}"));
+        crds.patch(&name, &PatchParams::apply("girder-tests").force(), &Patch::Apply(&crd))
+            .await
+            .unwrap_or_else(|e| panic!("apply CRD {name}: {e}"));
+        tokio::time::timeout(PATIENCE, await_condition(crds.clone(), &name, conditions::is_crd_established()))
+            .await
+            .unwrap_or_else(|_| panic!("CRD {name} not Established"))
+            .unwrap_or_else(|e| panic!("watch CRD {name}: {e}"));
     }
 }
 
@@ -71,10 +62,7 @@ impl TestNamespace {
             "metadata": { "name": name, "labels": { "girder.dev/test": "true" } }
         }))
         .unwrap();
-        namespaces
-            .create(&PostParams::default(), &ns)
-            .await
-            .expect("create test namespace");
+        namespaces.create(&PostParams::default(), &ns).await.expect("create test namespace");
         Self { name }
     }
 }
@@ -83,13 +71,7 @@ impl Drop for TestNamespace {
     fn drop(&mut self) {
         // Best effort, without waiting: the control plane is thrown away anyway.
         let _ = kubectl()
-            .args([
-                "delete",
-                "namespace",
-                &self.name,
-                "--wait=false",
-                "--ignore-not-found",
-            ])
+            .args(["delete", "namespace", &self.name, "--wait=false", "--ignore-not-found"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
@@ -97,21 +79,16 @@ impl Drop for TestNamespace {
 }
 
 fn rand_u32() -> u32 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    nanos
-        ^ std::process::id().rotate_left(16)
-        ^ (COUNTER.fetch_add(0x9e37_79b9, std::sync::atomic::Ordering::Relaxed))
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    nanos ^ std::process::id().rotate_left(16) ^ (COUNTER.fetch_add(0x9e37_79b9, std::sync::atomic::Ordering::Relaxed))
 }
 
 static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
 
 /// `kubectl` as the harness chose it (GIRDER_KUBECTL), against KUBECONFIG.
 pub fn kubectl() -> Command {
-    let mut cmd =
-        Command::new(std::env::var("GIRDER_KUBECTL").unwrap_or_else(|_| "kubectl".into()));
+    let mut cmd = Command::new(std::env::var("GIRDER_KUBECTL").unwrap_or_else(|_| "kubectl".into()));
     cmd.current_dir(repo_root());
     cmd
 }
@@ -125,9 +102,7 @@ pub fn helm() -> Command {
 
 /// Runs a command, panicking with its output when it fails; returns stdout.
 pub fn run_ok(cmd: &mut Command) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
@@ -150,10 +125,7 @@ where
         if let Some(value) = check().await {
             return value;
         }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {PATIENCE:?} waiting for {what}"
-        );
+        assert!(Instant::now() < deadline, "timed out after {PATIENCE:?} waiting for {what}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -198,25 +170,11 @@ impl Operator {
     pub fn start(opts: OperatorOptions<'_>) -> Self {
         let port = free_port();
         let http = format!("127.0.0.1:{port}");
-        let log =
-            std::env::temp_dir().join(format!("girder-{}-{}.log", opts.namespace, opts.identity));
+        let log = std::env::temp_dir().join(format!("girder-{}-{}.log", opts.namespace, opts.identity));
         let log_file = std::fs::File::create(&log).expect("operator log file");
         let child = Command::new(env!("CARGO_BIN_EXE_girder"))
-            .args([
-                "operator",
-                "--namespace",
-                opts.namespace,
-                "--lease-namespace",
-                opts.namespace,
-            ])
-            .args([
-                "--lease-name",
-                opts.lease_name,
-                "--identity",
-                opts.identity,
-                "--http-addr",
-                &http,
-            ])
+            .args(["operator", "--namespace", opts.namespace, "--lease-namespace", opts.namespace])
+            .args(["--lease-name", opts.lease_name, "--identity", opts.identity, "--http-addr", &http])
             .args(["--lease-duration", &opts.lease_duration.to_string()])
             .args(["--renew-deadline", &opts.renew_deadline.to_string()])
             .args(["--retry-period", &opts.retry_period.to_string()])
@@ -225,12 +183,7 @@ impl Operator {
             .stderr(log_file)
             .spawn()
             .expect("start girder operator");
-        Self {
-            child,
-            identity: opts.identity.to_string(),
-            http,
-            log,
-        }
+        Self { child, identity: opts.identity.to_string(), http, log }
     }
 
     pub fn pid(&self) -> u32 {
@@ -239,10 +192,8 @@ impl Operator {
 
     /// Sends a signal (e.g. "TERM", "KILL") to the process.
     pub fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .args([&format!("-{signal}"), &self.pid().to_string()])
-            .status()
-            .expect("run kill");
+        let status =
+            Command::new("kill").args([&format!("-{signal}"), &self.pid().to_string()]).status().expect("run kill");
         assert!(status.success(), "kill -{signal} {}", self.pid());
     }
 
@@ -288,10 +239,7 @@ impl Drop for Operator {
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
 }
 
 fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
@@ -301,10 +249,7 @@ fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
     let code = response.split_whitespace().nth(1)?.parse().ok()?;
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     Some((code, body))
 }
 
@@ -317,18 +262,9 @@ pub fn apply_yaml(namespace: &str, yaml: &str) -> String {
         .stderr(Stdio::piped())
         .spawn()
         .expect("run kubectl");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(yaml.as_bytes())
-        .expect("write yaml");
+    child.stdin.take().expect("stdin").write_all(yaml.as_bytes()).expect("write yaml");
     let out = child.wait_with_output().expect("kubectl output");
-    assert!(
-        out.status.success(),
-        "kubectl apply failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "kubectl apply failed: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
