@@ -1,8 +1,10 @@
 //! girder: a Kubernetes operator for physical datacenter operations.
 
 pub mod api;
+pub mod bmc;
 pub mod controller;
 pub mod crdgen;
 pub mod graph;
+pub mod ipam;
 pub mod k8s;
 pub mod operator;
