@@ -21,6 +21,8 @@ step "real peers: etcd, kube-apiserver, kubectl, helm (cached in $GIRDER_CACHE/b
 if [ -n "${KUBEBUILDER_ASSETS:-}" ]; then assets="$KUBEBUILDER_ASSETS"; else assets="$(e2e/tools.sh all)"; fi
 export GIRDER_KUBECTL="${GIRDER_KUBECTL:-$assets/kubectl}"
 export GIRDER_HELM="${GIRDER_HELM:-$(e2e/tools.sh helm)}"
+step "real peers: sushy-tools Redfish emulator (venv cached in $GIRDER_CACHE/venv)"
+e2e/sushy.sh install >/dev/null
 
 if [ "${USE_EXISTING_CLUSTER:-}" != "true" ]; then
   step "make sandbox, end to end, in its own control plane"

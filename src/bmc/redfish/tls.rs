@@ -1,0 +1,95 @@
+//! TLS for BMC connections: rustls with the `ring` provider (the one kube
+//! already uses), verified by default.
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use std::sync::Arc;
+
+/// Why a TLS configuration could not be built.
+pub type ConfigError = String;
+
+/// A client configuration for one BMC:
+/// - `disable_verification`: any certificate is accepted (the handshake
+///   signature is still checked against it);
+/// - a CA bundle: only the CAs in it are trusted;
+/// - otherwise: the platform's trust store.
+pub fn client_config(ca_bundle: Option<&[u8]>, disable_verification: bool) -> Result<ClientConfig, ConfigError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS protocol versions: {e}"))?;
+    let config = if disable_verification {
+        builder.dangerous().with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider)))
+    } else if let Some(pem) = ca_bundle {
+        let mut roots = RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(pem) {
+            let cert = cert.map_err(|e| format!("CA bundle: {e}"))?;
+            roots.add(cert).map_err(|e| format!("CA bundle: certificate not usable as a trust anchor: {e}"))?;
+        }
+        if roots.is_empty() {
+            return Err("CA bundle: no PEM certificate in it".into());
+        }
+        builder.with_root_certificates(roots)
+    } else {
+        let verifier =
+            rustls_platform_verifier::Verifier::new(provider).map_err(|e| format!("platform trust store: {e}"))?;
+        builder.dangerous().with_custom_certificate_verifier(Arc::new(verifier))
+    };
+    Ok(config.with_no_client_auth())
+}
+
+/// The explicit opt-out (`disableCertificateVerification`): trusts whatever
+/// certificate the BMC shows, but still checks that the BMC holds its key.
+#[derive(Debug)]
+struct AcceptAnyCertificate(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AcceptAnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builds_each_kind_of_config() {
+        assert!(client_config(None, false).is_ok());
+        assert!(client_config(None, true).is_ok());
+        let err = client_config(Some(b"not a pem"), false).unwrap_err();
+        assert!(err.contains("no PEM certificate"), "{err}");
+    }
+}
