@@ -9,6 +9,7 @@ debs=()
 command -v openssl >/dev/null || debs+=(openssl)
 command -v ss >/dev/null || debs+=(iproute2)
 command -v setsid >/dev/null || debs+=(util-linux)
+command -v curl >/dev/null || debs+=(curl)
 command -v go >/dev/null || debs+=(golang-go)
 if [ ${#debs[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then

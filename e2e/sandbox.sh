@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # `make sandbox`: girder on one machine. Starts the local control plane,
-# installs the CRDs, runs the operator, applies the sample lab, and shows the
-# Workload's plan and conditions as they settle. Everything stays running
-# afterwards; `make sandbox-down` stops it.
+# emulated BMCs for the sample machines (sushy-tools' Redfish emulator on
+# 127.0.0.1:$GIRDER_SANDBOX_REDFISH_PORT, default 8000), installs the CRDs,
+# runs the operator, applies the sample lab, and shows the nodes moving from
+# Registering to Available and the Workload's plan as they settle.
+# Everything stays running afterwards; `make sandbox-down` stops it.
 #
 #   e2e/sandbox.sh up | down
 set -euo pipefail
@@ -13,7 +15,40 @@ run="$GIRDER_HOME/sandbox"
 NAMESPACE="${GIRDER_SANDBOX_NAMESPACE:-girder-lab}"
 say() { printf '%s %s\n' "$(date +%H:%M:%S)" "$*"; }
 
+REDFISH_PORT="${GIRDER_SANDBOX_REDFISH_PORT:-8000}"
+REDFISH_NODES=(lab-node-0 lab-node-1 lab-node-2 lab-node-3)
+
 alive() { [ -f "$run/operator.pid" ] && kill -0 "$(cat "$run/operator.pid")" 2>/dev/null; }
+
+# The sample machines' BMCs: one emulator, one system per Redfish node, with
+# the samples' MACs and credentials.
+start_redfish() {
+  if [ -f "$run/sushy.pid" ] && kill -0 "$(cat "$run/sushy.pid")" 2>/dev/null; then return; fi
+  if ss -Hltn "sport = :$REDFISH_PORT" | grep -q .; then
+    say "port $REDFISH_PORT is taken (another sandbox? make sandbox-down); set GIRDER_SANDBOX_REDFISH_PORT"; exit 1
+  fi
+  mkdir -p "$run/sushy"
+  rm -f "$run/sushy/htpasswd"
+  printf 'password-for-lab\n' | e2e/sushy.sh htpasswd "$run/sushy/htpasswd" admin
+  {
+    echo "SUSHY_EMULATOR_STATE_DIR = '$run/sushy/state'"
+    echo "SUSHY_EMULATOR_AUTH_FILE = '$run/sushy/htpasswd'"
+    echo "SUSHY_EMULATOR_FAKE_SYSTEMS = ["
+    local i
+    for i in "${!REDFISH_NODES[@]}"; do
+      printf "  {'uuid': '1ab00000-0000-4000-8000-00000000000%d', 'name': '%s', 'power_state': 'Off', 'nics': [{'mac': '52:54:00:00:00:0%d'}]},\n" "$i" "${REDFISH_NODES[$i]}" "$i"
+    done
+    echo "]"
+  } >"$run/sushy/emulator.conf"
+  say "starting the Redfish emulator for ${REDFISH_NODES[*]} on 127.0.0.1:$REDFISH_PORT (logs: $run/sushy/emulator.log)"
+  e2e/sushy.sh start "$REDFISH_PORT" "$run/sushy/emulator.conf" "$run/sushy/emulator.log" >"$run/sushy.pid"
+  local deadline=$((SECONDS + 120))
+  until curl -fsS "http://127.0.0.1:$REDFISH_PORT/redfish/v1/" >/dev/null 2>&1; do
+    kill -0 "$(cat "$run/sushy.pid")" 2>/dev/null || { say "the emulator died:"; tail -n 20 "$run/sushy/emulator.log"; exit 1; }
+    [ $SECONDS -lt $deadline ] || { say "the emulator does not answer"; exit 1; }
+    sleep 0.2
+  done
+}
 
 down() {
   if alive; then
@@ -23,6 +58,7 @@ down() {
     kill -KILL "$pid" 2>/dev/null || true
   fi
   rm -f "$run/operator.pid"
+  if [ -f "$run/sushy.pid" ]; then e2e/sushy.sh stop "$(cat "$run/sushy.pid")"; rm -f "$run/sushy.pid"; fi
   e2e/controlplane.sh down
   say "sandbox stopped"
 }
@@ -37,7 +73,10 @@ watch_progress() {
       say "objects in $NAMESPACE:"; printf '%s\n' "$now" | sed 's/^/    /'
       last="$now"
     fi
-    if "$kubectl" get workload lab-k8s -n "$NAMESPACE" -o jsonpath='{.status.conditions[?(@.type=="Blocked")].status}' 2>/dev/null | grep -qx False &&
+    local available
+    available="$("$kubectl" get bmn "${REDFISH_NODES[@]}" -n "$NAMESPACE" -o jsonpath='{range .items[*]}{.status.phase}{"\n"}{end}' 2>/dev/null | grep -cx Available || true)"
+    if [ "$available" -eq "${#REDFISH_NODES[@]}" ] &&
+      "$kubectl" get workload lab-k8s -n "$NAMESPACE" -o jsonpath='{.status.conditions[?(@.type=="Blocked")].status}' 2>/dev/null | grep -qx False &&
       ! "$kubectl" get roles.girder.dev -n "$NAMESPACE" -o jsonpath='{range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' | grep -qvx True; then
       return 0
     fi
@@ -58,6 +97,8 @@ up() {
   e2e/controlplane.sh up
   export KUBECONFIG="$GIRDER_HOME/kubeconfig"
   local kubectl; kubectl="$(e2e/controlplane.sh kubectl)"
+  e2e/sushy.sh install >/dev/null
+  start_redfish
   say "building girder"
   cargo build --locked --quiet --bin girder
   say "installing the CRDs"
@@ -66,7 +107,7 @@ up() {
   "$kubectl" create namespace girder-system --dry-run=client -o yaml | "$kubectl" apply -f - >/dev/null
   if ! alive; then
     say "starting the operator (logs: $run/operator.log)"
-    setsid target/debug/girder operator --lease-namespace girder-system --identity sandbox \
+    setsid target/debug/girder operator --lease-namespace girder-system --identity sandbox --power-poll-interval 10 \
       --http-addr "127.0.0.1:${GIRDER_SANDBOX_HTTP_PORT:-0}" --log-format text \
       >"$run/operator.log" 2>&1 </dev/null &
     echo $! >"$run/operator.pid"
@@ -74,7 +115,17 @@ up() {
   say "applying the sample lab (config/samples) to namespace $NAMESPACE"
   "$kubectl" create namespace "$NAMESPACE" --dry-run=client -o yaml | "$kubectl" apply -f - >/dev/null
   "$kubectl" apply -k config/samples -n "$NAMESPACE" | sed 's/^/    /'
+  if [ "$REDFISH_PORT" != 8000 ]; then
+    local node
+    for node in "${REDFISH_NODES[@]}"; do
+      "$kubectl" patch bmn "$node" -n "$NAMESPACE" --type merge \
+        -p "{\"spec\":{\"bmc\":{\"address\":\"redfish+http://127.0.0.1:$REDFISH_PORT/redfish/v1/Systems/$node\"}}}" >/dev/null
+    done
+  fi
   watch_progress "$kubectl"
+  say "the machines (phase, power, inventory read through their BMCs):"
+  "$kubectl" get bmn -n "$NAMESPACE" \
+    -o custom-columns='NAME:.metadata.name,PHASE:.status.phase,POWER:.status.powerState,VENDOR:.status.hardware.vendor,UUID:.status.hardware.uuid,NICS:.status.hardware.nics[*].mac,BMC:.status.conditions[?(@.type=="BMCReachable")].reason' | sed 's/^/    /'
   say "the plan of workload lab-k8s (roles run layer by layer; a sync layer waits for every node):"
   "$kubectl" get workload lab-k8s -n "$NAMESPACE" \
     -o jsonpath='{range .status.plan[*]}    layer {.layer}: {.roles}{"  sync="}{.barrier}{"\n"}{end}'

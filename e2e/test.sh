@@ -28,7 +28,9 @@ if [ "${USE_EXISTING_CLUSTER:-}" != "true" ]; then
   step "make sandbox, end to end, in its own control plane"
   sandbox_home="$(mktemp -d "${TMPDIR:-/tmp}/girder-sandbox.XXXXXX")"
   trap 'GIRDER_HOME="$sandbox_home" e2e/sandbox.sh down >/dev/null 2>&1 || true; rm -rf "$sandbox_home"' EXIT
-  GIRDER_HOME="$sandbox_home" e2e/sandbox.sh up
+  port=8000
+  while ss -Hltn "sport = :$port" | grep -q .; do port=$((20000 + RANDOM % 20000)); done
+  GIRDER_HOME="$sandbox_home" GIRDER_SANDBOX_REDFISH_PORT="$port" e2e/sandbox.sh up
   GIRDER_HOME="$sandbox_home" e2e/sandbox.sh down
   rm -rf "$sandbox_home"
   trap - EXIT

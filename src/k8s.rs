@@ -13,8 +13,11 @@ use std::time::Duration;
 
 /// Field manager of each component, so `managedFields` says who wrote what.
 pub mod manager {
+    pub const NODE: &str = "girder-operator/node";
     pub const ROLE: &str = "girder-operator/role";
     pub const WORKLOAD: &str = "girder-operator/workload";
+    pub const NETWORK: &str = "girder-operator/network";
+    pub const NODE_NETWORK: &str = "girder-operator/node-network";
 }
 
 /// Writes `status` with server-side apply, `apiVersion` and `kind` in the body.
@@ -28,6 +31,32 @@ where
         "status": status,
     });
     api.patch_status(&obj.name_any(), &PatchParams::apply(manager).force(), &Patch::Apply(&body)).await
+}
+
+/// Like [`apply_status`], with the `resourceVersion` of `obj` as a precondition:
+/// if the object changed since it was read, the API server refuses the write
+/// with 409 Conflict instead of applying a decision made from stale state.
+pub async fn apply_status_if_unchanged<K>(
+    api: &Api<K>,
+    obj: &K,
+    manager: &str,
+    status: &impl Serialize,
+) -> kube::Result<K>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
+{
+    let body = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "metadata": { "name": obj.name_any(), "resourceVersion": obj.resource_version() },
+        "status": status,
+    });
+    api.patch_status(&obj.name_any(), &PatchParams::apply(manager).force(), &Patch::Apply(&body)).await
+}
+
+/// Whether a write was refused because the object changed since it was read.
+pub fn is_conflict(err: &kube::Error) -> bool {
+    matches!(err, kube::Error::Api(status) if status.is_conflict())
 }
 
 /// Waits until every girder CRD is Established, logging what it waits for

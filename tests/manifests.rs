@@ -41,7 +41,19 @@ async fn kustomize_default_and_samples_apply() {
         (false, ["delete", "workloads.girder.dev"], "default"),
         (false, ["update", "workloads.girder.dev"], "default"),
         (false, ["patch", "workloads.girder.dev"], "default"),
-        (false, ["get", "secrets"], "default"),
+        (true, ["get", "secrets"], "default"),
+        (true, ["patch", "baremetalnodes.girder.dev"], "default"),
+        (true, ["patch", "baremetalnodes.girder.dev/status"], "default"),
+        (false, ["update", "baremetalnodes.girder.dev"], "default"),
+        (false, ["delete", "baremetalnodes.girder.dev"], "default"),
+        (false, ["create", "secrets"], "default"),
+        (true, ["list", "networks.girder.dev"], "default"),
+        (true, ["watch", "networks.girder.dev"], "default"),
+        (true, ["watch", "baremetalnodes.girder.dev"], "default"),
+        (true, ["patch", "networks.girder.dev/status"], "default"),
+        (false, ["patch", "networks.girder.dev"], "default"),
+        (false, ["update", "networks.girder.dev"], "default"),
+        (false, ["delete", "networks.girder.dev"], "default"),
     ] {
         assert_eq!(can_i(&request, ns), allowed, "can the operator {request:?} in {ns}?");
     }

@@ -13,235 +13,11 @@ use girder::bmc::{
     AuthMode, Bmc, BmcAddress, BmcError, BmcOptions, BootDevice, BootOverride, Credentials, PowerAction, PowerState,
     RedfishClient,
 };
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::Arc;
+mod support;
+
 use std::time::{Duration, Instant};
-
-/// sushy's fake driver applies a power change 1 to 11 s after it is asked.
-const POWER_PATIENCE: Duration = Duration::from_secs(45);
-/// Starting an emulator (and, the first time, installing it).
-const START_PATIENCE: Duration = Duration::from_secs(120);
-
-const USER: &str = "admin";
-const PASSWORD: &str = "Sushy-Pa55-Do-Not-Log";
-
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// A directory of its own, removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(prefix: &str) -> Self {
-        let path = std::env::temp_dir().join(format!("{prefix}-{:08x}", rand::random::<u32>()));
-        std::fs::create_dir_all(&path).expect("create temp dir");
-        TempDir(path)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// One fake system of the emulator.
-struct FakeSystem {
-    uuid: &'static str,
-    name: &'static str,
-    power: &'static str,
-    macs: &'static [&'static str],
-}
-
-#[derive(Default)]
-struct SushyConfig {
-    systems: Vec<FakeSystem>,
-    basic_auth: bool,
-    tls: bool,
-}
-
-/// A running `sushy-emulator --fake`, stopped when dropped.
-struct Sushy {
-    pid: String,
-    port: u16,
-    tls: bool,
-    dir: TempDir,
-    /// A client for raw reads that check what the driver did.
-    raw: reqwest::Client,
-}
-
-impl Sushy {
-    async fn start(config: SushyConfig) -> Self {
-        let dir = TempDir::new("girder-sushy");
-        let mut conf = format!("SUSHY_EMULATOR_STATE_DIR = {:?}\n", dir.0.join("state").display().to_string());
-        if !config.systems.is_empty() {
-            conf.push_str("SUSHY_EMULATOR_FAKE_SYSTEMS = [\n");
-            for s in &config.systems {
-                let nics: Vec<String> = s.macs.iter().map(|m| format!("{{'mac': '{m}'}}")).collect();
-                conf.push_str(&format!(
-                    "  {{'uuid': '{}', 'name': '{}', 'power_state': '{}', 'nics': [{}]}},\n",
-                    s.uuid,
-                    s.name,
-                    s.power,
-                    nics.join(", ")
-                ));
-            }
-            conf.push_str("]\n");
-        }
-        if config.basic_auth {
-            let htpasswd = dir.0.join("htpasswd");
-            run_with_stdin(
-                Command::new(repo_root().join("e2e/sushy.sh")).arg("htpasswd").arg(&htpasswd).arg(USER),
-                &format!("{PASSWORD}\n"),
-            );
-            conf.push_str(&format!("SUSHY_EMULATOR_AUTH_FILE = {:?}\n", htpasswd.display().to_string()));
-        }
-        // reqwest is built without a default crypto provider (girder uses
-        // ring, as kube does): every client brings its TLS configuration.
-        let mut trusted = Vec::new();
-        if config.tls {
-            let (cert, key) = self_signed_cert(&dir.0, "server");
-            conf.push_str(&format!(
-                "SUSHY_EMULATOR_SSL_CERT = {:?}\nSUSHY_EMULATOR_SSL_KEY = {:?}\n",
-                cert.display().to_string(),
-                key.display().to_string()
-            ));
-            trusted = std::fs::read(&cert).unwrap();
-        }
-        let raw = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .tls_backend_preconfigured(tls_trusting(&trusted))
-            .build()
-            .unwrap();
-        let conf_path = dir.0.join("emulator.conf");
-        std::fs::write(&conf_path, conf).unwrap();
-
-        let port = free_port();
-        let log = dir.0.join("emulator.log");
-        let out = Command::new(repo_root().join("e2e/sushy.sh"))
-            .arg("start")
-            .arg(port.to_string())
-            .arg(&conf_path)
-            .arg(&log)
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("run e2e/sushy.sh start");
-        assert!(out.status.success(), "e2e/sushy.sh start failed");
-        let pid = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        assert!(pid.parse::<u32>().is_ok(), "e2e/sushy.sh printed no PID: {pid:?}");
-        let sushy = Sushy { pid, port, tls: config.tls, dir, raw };
-        sushy.wait_ready().await;
-        sushy
-    }
-
-    fn base(&self) -> String {
-        let scheme = if self.tls { "https" } else { "http" };
-        format!("{scheme}://127.0.0.1:{}", self.port)
-    }
-
-    /// The driver's address for this emulator, optionally naming a system.
-    fn address(&self, system: Option<&str>) -> BmcAddress {
-        let scheme = if self.tls { "redfish" } else { "redfish+http" };
-        let path = system.map(|s| format!("/redfish/v1/Systems/{s}")).unwrap_or_default();
-        BmcAddress::parse(&format!("{scheme}://127.0.0.1:{}{path}", self.port)).unwrap()
-    }
-
-    fn alive(&self) -> bool {
-        Command::new("kill").args(["-0", &self.pid]).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.0.join("emulator.log")).unwrap_or_default()
-    }
-
-    /// Polls the service root until it answers.
-    async fn wait_ready(&self) {
-        let deadline = Instant::now() + START_PATIENCE;
-        loop {
-            if let Ok(r) = self.raw.get(format!("{}/redfish/v1/", self.base())).send().await
-                && r.status().is_success()
-            {
-                return;
-            }
-            assert!(self.alive(), "sushy-emulator exited:\n{}", self.log());
-            assert!(
-                Instant::now() < deadline,
-                "sushy-emulator not answering after {START_PATIENCE:?}:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// A raw GET, as JSON, with the test credentials.
-    async fn get(&self, path: &str) -> (u16, serde_json::Value) {
-        let r = self
-            .raw
-            .get(format!("{}{path}", self.base()))
-            .basic_auth(USER, Some(PASSWORD))
-            .send()
-            .await
-            .expect("raw GET");
-        let status = r.status().as_u16();
-        let body = r.bytes().await.unwrap_or_default();
-        (status, serde_json::from_slice(&body).unwrap_or_default())
-    }
-}
-
-impl Drop for Sushy {
-    fn drop(&mut self) {
-        let _ = Command::new(repo_root().join("e2e/sushy.sh")).arg("stop").arg(&self.pid).status();
-    }
-}
-
-fn run_with_stdin(cmd: &mut Command, input: &str) {
-    use std::io::Write;
-    let mut child = cmd.stdin(Stdio::piped()).spawn().expect("spawn command");
-    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
-    assert!(child.wait().unwrap().success(), "{cmd:?} failed");
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// A self-signed certificate for 127.0.0.1, made with openssl.
-fn self_signed_cert(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
-    let cert = dir.join(format!("{name}.crt"));
-    let key = dir.join(format!("{name}.key"));
-    let status = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"])
-        .args(["-nodes", "-days", "2", "-subj", "/CN=127.0.0.1"])
-        .args(["-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"])
-        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
-        .args(["-addext", "extendedKeyUsage=serverAuth"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .stderr(Stdio::null())
-        .status()
-        .expect("run openssl (apt-get install openssl)");
-    assert!(status.success(), "openssl could not make a certificate");
-    (cert, key)
-}
-
-/// A TLS configuration that trusts exactly `pem`, for the raw client.
-fn tls_trusting(pem: &[u8]) -> rustls::ClientConfig {
-    use rustls::pki_types::CertificateDer;
-    use rustls::pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(pem) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth()
-}
+use support::free_port;
+use support::sushy::*;
 
 async fn connect(address: BmcAddress, options: BmcOptions) -> Result<RedfishClient, BmcError> {
     RedfishClient::connect(address, Credentials::new(USER, PASSWORD), options).await
@@ -254,8 +30,8 @@ const UUID_B: &str = "5a7e0000-0000-4000-8000-00000000000b";
 async fn discovery_picks_the_named_or_the_only_system_and_lists_choices_otherwise() {
     let two = Sushy::start(SushyConfig {
         systems: vec![
-            FakeSystem { uuid: UUID_A, name: "node-a", power: "Off", macs: &["52:54:00:00:0a:01"] },
-            FakeSystem { uuid: UUID_B, name: "node-b", power: "On", macs: &["52:54:00:00:0b:01"] },
+            FakeSystem::new(UUID_A, "node-a", "Off", &["52:54:00:00:0a:01"]),
+            FakeSystem::new(UUID_B, "node-b", "On", &["52:54:00:00:0b:01"]),
         ],
         ..Default::default()
     })
@@ -328,7 +104,7 @@ async fn power_actions_reach_the_emulator() {
         ("5a7e0000-0000-4000-8000-000000000105", "Off", PowerAction::PowerCycle, PowerState::On),
     ];
     let sushy = Sushy::start(SushyConfig {
-        systems: cases.iter().map(|&(uuid, power, _, _)| FakeSystem { uuid, name: uuid, power, macs: &[] }).collect(),
+        systems: cases.iter().map(|&(uuid, power, _, _)| FakeSystem::new(uuid, uuid, power, &[])).collect(),
         ..Default::default()
     })
     .await;
@@ -353,12 +129,7 @@ async fn power_actions_reach_the_emulator() {
 #[tokio::test]
 async fn boot_override_and_inventory() {
     let sushy = Sushy::start(SushyConfig {
-        systems: vec![FakeSystem {
-            uuid: UUID_A,
-            name: "inventory",
-            power: "Off",
-            macs: &["52:54:00:AA:00:01", "52:54:00:aa:00:02"],
-        }],
+        systems: vec![FakeSystem::new(UUID_A, "inventory", "Off", &["52:54:00:AA:00:01", "52:54:00:aa:00:02"])],
         ..Default::default()
     })
     .await;

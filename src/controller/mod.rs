@@ -1,6 +1,10 @@
 //! One reconciler per kind. Each is thin: read what it needs from the
 //! caches, call a pure function that decides, apply the decision.
 
+pub mod cache;
+pub mod network;
+pub mod node;
+pub mod node_network;
 pub mod role;
 pub mod workload;
 

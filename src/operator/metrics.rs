@@ -26,6 +26,12 @@ pub struct Metrics {
     status_writes: Family<KindLabel, Counter>,
     duration: Family<KindLabel, Histogram>,
     leader: Gauge,
+    bmc_calls: Family<CallLabel, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CallLabel {
+    call: &'static str,
 }
 
 impl Default for Metrics {
@@ -38,12 +44,14 @@ impl Default for Metrics {
             Histogram::new(exponential_buckets(0.001, 2.0, 14))
         });
         let leader = Gauge::default();
+        let bmc_calls = Family::<CallLabel, Counter>::default();
         registry.register("reconciles", "Reconciles that completed", reconciles.clone());
         registry.register("reconcile_failures", "Reconciles that failed, by error", failures.clone());
         registry.register("status_writes", "Status writes to the API server", status_writes.clone());
         registry.register("reconcile_duration_seconds", "Time spent in one reconcile", duration.clone());
         registry.register("leader", "1 while this replica holds the leader Lease", leader.clone());
-        Self { registry, reconciles, failures, status_writes, duration, leader }
+        registry.register("bmc_calls", "Calls made to BMCs, by kind of call", bmc_calls.clone());
+        Self { registry, reconciles, failures, status_writes, duration, leader, bmc_calls }
     }
 }
 
@@ -59,6 +67,10 @@ impl Metrics {
 
     pub fn status_written(&self, kind: &'static str) {
         self.status_writes.get_or_create(&KindLabel { kind }).inc();
+    }
+
+    pub fn bmc_call(&self, call: &'static str) {
+        self.bmc_calls.get_or_create(&CallLabel { call }).inc();
     }
 
     pub fn set_leader(&self, leader: bool) {

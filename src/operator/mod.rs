@@ -48,6 +48,12 @@ pub struct OperatorArgs {
     /// Log format.
     #[arg(long, env = "GIRDER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
     log_format: LogFormat,
+    /// How often each node's power state is read from its BMC, in seconds.
+    #[arg(long, env = "GIRDER_POWER_POLL_INTERVAL", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    power_poll_interval: u64,
+    /// Limit on one BMC call (connect, send, answer), in seconds.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    bmc_timeout: u64,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -87,7 +93,9 @@ pub fn main(args: OperatorArgs) -> Result<(), Box<dyn std::error::Error>> {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colours only for a person at a terminal, never in files or pipes.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     match format {
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).init(),
         LogFormat::Text => builder.init(),
@@ -160,7 +168,11 @@ async fn lead(
         namespace: args.namespace.clone(),
         backoff: Backoff::default(),
     });
-    let controllers = run_controllers(ctx, shutdown.clone());
+    let settings = controller::node::NodeSettings {
+        power_poll_interval: Duration::from_secs(args.power_poll_interval),
+        bmc_timeout: Duration::from_secs(args.bmc_timeout),
+    };
+    let controllers = run_controllers(ctx, settings, shutdown.clone());
     tokio::pin!(controllers);
     let result = tokio::select! {
         done = &mut controllers => done,
@@ -174,7 +186,13 @@ async fn lead(
     result
 }
 
-async fn run_controllers(ctx: Arc<Context>, shutdown: CancellationToken) -> Result<(), OperatorError> {
+async fn run_controllers(
+    ctx: Arc<Context>,
+    node_settings: controller::node::NodeSettings,
+    shutdown: CancellationToken,
+) -> Result<(), OperatorError> {
+    let nodes = controller::node::run(ctx.clone(), node_settings, shutdown.clone());
+    let addresses = address_controllers(ctx.clone(), shutdown.clone())?;
     let roles_api: Api<GuardedRole> = match &ctx.namespace {
         Some(ns) => Api::namespaced(ctx.client.clone(), ns),
         None => Api::all(ctx.client.clone()),
@@ -210,8 +228,65 @@ async fn run_controllers(ctx: Arc<Context>, shutdown: CancellationToken) -> Resu
         }
         controller::workload::run(workload_ctx, roles_for_workloads, workload_roles, workload_shutdown).await
     };
-    tokio::join!(role_reflector, controller::role::run(ctx, roles, role_own, role_siblings, shutdown), workloads);
+    tokio::join!(
+        role_reflector,
+        controller::role::run(ctx, roles, role_own, role_siblings, shutdown),
+        workloads,
+        nodes,
+        addresses
+    );
     Ok(())
+}
+
+/// The Network and node-network controllers, on one BareMetalNode cache and
+/// one Network cache; they start once both caches are filled, since an empty
+/// node cache would release every address.
+fn address_controllers(
+    ctx: Arc<Context>,
+    shutdown: CancellationToken,
+) -> Result<impl Future<Output = ()>, OperatorError> {
+    use controller::cache::{OnDelete, reflect};
+    use controller::{network, node_network};
+    let (nodes, node_writer) = reflector::store_shared(16 * 1024);
+    let (networks, network_writer) = reflector::store_shared(1024);
+    let (mut deleted_nodes, mut deleted_networks) = (OnDelete::default(), OnDelete::default());
+    let node_changes = || node_writer.subscribe().ok_or(OperatorError::SharedCache);
+    let network_changes = || network_writer.subscribe().ok_or(OperatorError::SharedCache);
+    let network_watches = network::Watches {
+        networks: networks.clone(),
+        network_changes: network_changes()?,
+        group_changes: network_changes()?,
+        nodes: nodes.clone(),
+        node_changes: node_changes()?,
+        deleted_nodes: deleted_nodes.subscribe(),
+        deleted_networks: deleted_networks.subscribe(),
+    };
+    let node_network_watches = node_network::Watches {
+        nodes: nodes.clone(),
+        node_changes: node_changes()?,
+        networks: networks.clone(),
+        network_changes: network_changes()?,
+        deleted_networks: deleted_networks.subscribe(),
+    };
+    let (node_api, network_api) = match &ctx.namespace {
+        Some(ns) => (Api::namespaced(ctx.client.clone(), ns), Api::namespaced(ctx.client.clone(), ns)),
+        None => (Api::all(ctx.client.clone()), Api::all(ctx.client.clone())),
+    };
+    let node_reflector = reflect("BareMetalNode", node_api, node_writer, deleted_nodes, shutdown.clone());
+    let network_reflector = reflect("Network", network_api, network_writer, deleted_networks, shutdown.clone());
+    let controllers = async move {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = async { tokio::join!(nodes.wait_until_ready(), networks.wait_until_ready()) } => {}
+        }
+        tokio::join!(
+            network::run(ctx.clone(), network_watches, shutdown.clone()),
+            node_network::run(ctx, node_network_watches, shutdown)
+        );
+    };
+    Ok(async move {
+        tokio::join!(node_reflector, network_reflector, controllers);
+    })
 }
 
 fn default_identity() -> String {

@@ -3,6 +3,8 @@
 //! one namespace per test, and the real `girder` binary as a child process.
 #![allow(dead_code)]
 
+pub mod sushy;
+
 use girder::api;
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -168,16 +170,27 @@ impl<'a> OperatorOptions<'a> {
 
 impl Operator {
     pub fn start(opts: OperatorOptions<'_>) -> Self {
+        Self::start_with(opts, &[])
+    }
+
+    /// Starts it with `extra` arguments after the harness's own.
+    pub fn start_with(opts: OperatorOptions<'_>, extra: &[&str]) -> Self {
         let port = free_port();
         let http = format!("127.0.0.1:{port}");
         let log = std::env::temp_dir().join(format!("girder-{}-{}.log", opts.namespace, opts.identity));
         let log_file = std::fs::File::create(&log).expect("operator log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_girder"))
-            .args(["operator", "--namespace", opts.namespace, "--lease-namespace", opts.namespace])
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_girder"));
+        if let Some(kubeconfig) = opts.kubeconfig {
+            cmd.env("KUBECONFIG", kubeconfig);
+        }
+        let lease_namespace = opts.lease_namespace.unwrap_or(opts.namespace);
+        let child = cmd
+            .args(["operator", "--namespace", opts.namespace, "--lease-namespace", lease_namespace])
             .args(["--lease-name", opts.lease_name, "--identity", opts.identity, "--http-addr", &http])
             .args(["--lease-duration", &opts.lease_duration.to_string()])
             .args(["--renew-deadline", &opts.renew_deadline.to_string()])
             .args(["--retry-period", &opts.retry_period.to_string()])
+            .args(extra)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log_file)
