@@ -1,11 +1,12 @@
 //! Baseboard management controllers: one trait, [`Bmc`], that the
-//! BareMetalNode controller drives, and its drivers (Redfish today; IPMI next).
+//! BareMetalNode controller drives, and its drivers (Redfish and IPMI).
 //!
 //! Everything here names the BMC it talks to (its address, never with
 //! credentials) and never carries a password or a session token into an
 //! error, a `Debug` rendering or a log line: secrets live in [`Secret`], whose
 //! `Debug` is redacted and which has no `Display`.
 
+pub mod ipmi;
 pub mod redfish;
 
 use crate::api::node::{BootMode, HardwareDetails};
@@ -13,6 +14,7 @@ use async_trait::async_trait;
 use std::fmt;
 use std::time::Duration;
 
+pub use ipmi::{IpmiClient, IpmiOptions};
 pub use redfish::{AuthMode, RedfishClient};
 
 /// What the BareMetalNode controller needs from a BMC. Object safe, so the
@@ -52,10 +54,7 @@ pub async fn connect(
         Scheme::RedfishHttps | Scheme::RedfishHttp => {
             Ok(Box::new(RedfishClient::connect(address.clone(), credentials, options).await?))
         }
-        Scheme::Ipmi => Err(BmcError::Unsupported {
-            bmc: address.to_string(),
-            what: "IPMI (the IPMI driver is not built yet)".into(),
-        }),
+        Scheme::Ipmi => Ok(Box::new(IpmiClient::connect(address.clone(), credentials, options).await?)),
     }
 }
 
@@ -393,8 +392,16 @@ pub enum BmcError {
     )]
     Auth { bmc: String, what: String, status: u16 },
 
+    #[error(
+        "BMC {bmc}: authentication failed ({what}: {detail}); check the username and password in the credentials Secret"
+    )]
+    IpmiAuth { bmc: String, what: String, detail: String },
+
     #[error("BMC {bmc}: {what} failed with HTTP {status}{}", message_suffix(message))]
     Http { bmc: String, what: String, status: u16, message: String },
+
+    #[error("BMC {bmc}: {what} failed with IPMI completion code 0x{code:02x} ({meaning})")]
+    IpmiCommand { bmc: String, what: String, code: u8, meaning: String },
 
     #[error("BMC {bmc}: {what} still answered 503 Service Unavailable after {attempts} attempts")]
     Busy { bmc: String, what: String, attempts: u32 },
@@ -433,8 +440,8 @@ impl BmcError {
             BmcError::Connect { .. } => "ConnectionFailed",
             BmcError::Certificate { .. } => "CertificateNotTrusted",
             BmcError::Timeout { .. } => "Timeout",
-            BmcError::Auth { .. } => "AuthenticationFailed",
-            BmcError::Http { .. } => "RequestFailed",
+            BmcError::Auth { .. } | BmcError::IpmiAuth { .. } => "AuthenticationFailed",
+            BmcError::Http { .. } | BmcError::IpmiCommand { .. } => "RequestFailed",
             BmcError::Busy { .. } => "BMCBusy",
             BmcError::InvalidResponse { .. } => "InvalidResponse",
             BmcError::SystemNotFound { .. } => "SystemNotFound",
@@ -451,8 +458,9 @@ impl BmcError {
             BmcError::Connect { .. } => "connect",
             BmcError::Certificate { .. } => "certificate",
             BmcError::Timeout { .. } => "timeout",
-            BmcError::Auth { .. } => "auth",
+            BmcError::Auth { .. } | BmcError::IpmiAuth { .. } => "auth",
             BmcError::Http { .. } => "http",
+            BmcError::IpmiCommand { .. } => "ipmi",
             BmcError::Busy { .. } => "busy",
             BmcError::InvalidResponse { .. } => "invalid_response",
             BmcError::SystemNotFound { .. } => "system_not_found",
@@ -464,7 +472,7 @@ impl BmcError {
     /// The credentials were refused (`CredentialsValid=False`): retrying with
     /// the same ones only risks a lockout.
     pub fn is_auth(&self) -> bool {
-        matches!(self, BmcError::Auth { .. })
+        matches!(self, BmcError::Auth { .. } | BmcError::IpmiAuth { .. })
     }
 
     /// The BMC could not be reached or did not answer in time
@@ -547,10 +555,17 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn ipmi_is_not_built_yet() {
-        let address = BmcAddress::parse("ipmi://127.0.0.1:623").unwrap();
-        let err = connect(&address, Credentials::new("u", "p"), BmcOptions::default()).await.unwrap_err();
-        assert_eq!(err.reason(), "Unsupported", "{err}");
+    async fn ipmi_addresses_reach_the_ipmi_driver() {
+        // Nothing listens on this port: the IPMI driver's own answer to that
+        // (ICMP port unreachable), not "unsupported", and fast.
+        let port = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let address = BmcAddress::parse(&format!("ipmi://127.0.0.1:{port}")).unwrap();
+        let options = BmcOptions { timeout: Duration::from_secs(2), ..Default::default() };
+        let err = connect(&address, Credentials::new("u", "p4ss-not-shown"), options).await.unwrap_err();
+        assert_eq!(err.reason(), "ConnectionFailed", "{err}");
+        let text = format!("{err} {err:?}");
+        assert!(text.contains("UDP port") && text.contains(&address.to_string()), "{text}");
+        assert!(!text.contains("p4ss-not-shown"), "{text}");
     }
 
     #[test]
