@@ -4,6 +4,7 @@ pub mod api;
 pub mod bmc;
 pub mod controller;
 pub mod crdgen;
+pub mod dns;
 pub mod graph;
 pub mod ipam;
 pub mod k8s;
