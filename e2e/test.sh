@@ -23,6 +23,10 @@ export GIRDER_KUBECTL="${GIRDER_KUBECTL:-$assets/kubectl}"
 export GIRDER_HELM="${GIRDER_HELM:-$(e2e/tools.sh helm)}"
 step "real peers: sushy-tools Redfish emulator (venv cached in $GIRDER_CACHE/venv)"
 e2e/sushy.sh install >/dev/null
+step "real peers: BIND 9 and dig/nsupdate (Debian bind9, bind9-dnsutils)"
+e2e/bind.sh install
+step "real peers: OpenIPMI ipmi_sim and ipmitool (Debian packages)"
+e2e/ipmi.sh install >/dev/null
 
 if [ "${USE_EXISTING_CLUSTER:-}" != "true" ]; then
   step "make sandbox, end to end, in its own control plane"

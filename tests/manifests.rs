@@ -51,7 +51,7 @@ async fn kustomize_default_and_samples_apply() {
         (true, ["watch", "networks.girder.dev"], "default"),
         (true, ["watch", "baremetalnodes.girder.dev"], "default"),
         (true, ["patch", "networks.girder.dev/status"], "default"),
-        (false, ["patch", "networks.girder.dev"], "default"),
+        (true, ["patch", "networks.girder.dev"], "default"),
         (false, ["update", "networks.girder.dev"], "default"),
         (false, ["delete", "networks.girder.dev"], "default"),
     ] {

@@ -386,3 +386,42 @@ async fn deletion_powers_off_unless_detached_and_says_why_it_waits() {
     gone(system_name(2)).await;
     sushy.restart().await;
 }
+
+#[tokio::test]
+async fn an_ipmi_node_reaches_available_and_its_power_is_cross_checked_with_ipmitool() {
+    use support::ipmi::{Sim, SimConfig};
+    let client = client().await;
+    install_crds(&client).await;
+    let ns = TestNamespace::new(&client, "ipmi").await;
+    let sim = Sim::start(SimConfig::default()).await;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": { "name": "ipmi" },
+        "stringData": { "username": support::ipmi::USER, "password": support::ipmi::PASSWORD }
+    }))
+    .unwrap();
+    secrets.create(&PostParams::default(), &secret).await.unwrap();
+    let spec = json!({
+        "bmc": { "address": format!("ipmi://127.0.0.1:{}", sim.port), "credentialsSecretRef": { "name": "ipmi" } },
+        "bootMode": "Legacy",
+        "online": true,
+    });
+    create_node(&client, &ns.name, "rack-ipmi", spec).await;
+    let operator = fast_operator(&ns.name);
+
+    let node = node_where(&client, &ns.name, "rack-ipmi", "Available and on", |n| {
+        is_available(n) && n.status.as_ref().and_then(|s| s.power_state.as_deref()) == Some("On")
+    })
+    .await;
+    let (status, reason, _) = condition(&node, "Inspected").unwrap();
+    assert_eq!((status, reason.as_str()), (ConditionStatus::False, "InBandInspectionRequired"));
+    assert_eq!(sim.ipmitool_power(), girder::bmc::PowerState::On, "ipmitool reads the same simulator");
+
+    let nodes: Api<BareMetalNode> = Api::namespaced(client.clone(), &ns.name);
+    nodes.patch("rack-ipmi", &PatchParams::default(), &Patch::Merge(json!({"spec": {"online": false}}))).await.unwrap();
+    wait_for("ipmitool to see the power off", || async {
+        (sim.ipmitool_power() == girder::bmc::PowerState::Off).then_some(())
+    })
+    .await;
+    assert!(!operator.logs().contains(support::ipmi::PASSWORD));
+}

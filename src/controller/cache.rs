@@ -64,6 +64,8 @@ pub async fn reflect<K>(
 {
     let stream = watcher(api, watcher::Config::default())
         .default_backoff()
+        // managedFields are the bulk of an object and nothing here reads them.
+        .modify(|obj| obj.meta_mut().managed_fields = None)
         .reflect_shared(writer)
         .take_until(async move { shutdown.cancelled().await });
     stream

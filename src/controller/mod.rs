@@ -2,6 +2,7 @@
 //! caches, call a pure function that decides, apply the decision.
 
 pub mod cache;
+pub mod dns;
 pub mod network;
 pub mod node;
 pub mod node_network;

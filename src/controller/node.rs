@@ -636,6 +636,8 @@ pub async fn run(ctx: Arc<Context>, settings: NodeSettings, shutdown: Cancellati
     let (store, writer) = reflector::store();
     let changes = watcher(nodes, watcher::Config::default())
         .default_backoff()
+        // managedFields are the bulk of an object and nothing here reads them.
+        .modify(|node| node.meta_mut().managed_fields = None)
         .reflect(writer)
         .applied_objects()
         .predicate_filter(predicates::generation.combine(predicates::annotations), PredicateConfig::default());

@@ -192,6 +192,8 @@ async fn run_controllers(
     shutdown: CancellationToken,
 ) -> Result<(), OperatorError> {
     let nodes = controller::node::run(ctx.clone(), node_settings, shutdown.clone());
+    // DNS registration reads allocations and never blocks them.
+    let dns = controller::dns::run(ctx.clone(), shutdown.clone());
     let addresses = address_controllers(ctx.clone(), shutdown.clone())?;
     let roles_api: Api<GuardedRole> = match &ctx.namespace {
         Some(ns) => Api::namespaced(ctx.client.clone(), ns),
@@ -233,7 +235,8 @@ async fn run_controllers(
         controller::role::run(ctx, roles, role_own, role_siblings, shutdown),
         workloads,
         nodes,
-        addresses
+        addresses,
+        dns
     );
     Ok(())
 }

@@ -3,6 +3,7 @@
 //! one namespace per test, and the real `girder` binary as a child process.
 #![allow(dead_code)]
 
+pub mod ipmi;
 pub mod sushy;
 
 use girder::api;

@@ -34,11 +34,23 @@ pub fn client_config(ca_bundle: Option<&[u8]>, disable_verification: bool) -> Re
         }
         builder.with_root_certificates(roots)
     } else {
-        let verifier =
-            rustls_platform_verifier::Verifier::new(provider).map_err(|e| format!("platform trust store: {e}"))?;
-        builder.dangerous().with_custom_certificate_verifier(Arc::new(verifier))
+        builder.dangerous().with_custom_certificate_verifier(platform_verifier(provider)?)
     };
     Ok(config.with_no_client_auth())
+}
+
+/// The platform's verifier, built once: it holds the parsed system trust
+/// store, which a thousand BMC clients would otherwise each load and keep.
+fn platform_verifier(provider: Arc<CryptoProvider>) -> Result<Arc<dyn ServerCertVerifier>, ConfigError> {
+    static SHARED: std::sync::Mutex<Option<Arc<dyn ServerCertVerifier>>> = std::sync::Mutex::new(None);
+    let mut shared = SHARED.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(verifier) = shared.as_ref() {
+        return Ok(verifier.clone());
+    }
+    let verifier: Arc<dyn ServerCertVerifier> =
+        Arc::new(rustls_platform_verifier::Verifier::new(provider).map_err(|e| format!("platform trust store: {e}"))?);
+    *shared = Some(verifier.clone());
+    Ok(verifier)
 }
 
 /// The explicit opt-out (`disableCertificateVerification`): trusts whatever

@@ -84,28 +84,39 @@ pub(super) struct Transport {
     sessions_path: OnceLock<Option<String>>,
 }
 
+/// HTTP clients shared by every BMC with the same TLS choice and timeout: a
+/// client holds a TLS configuration and a connection pool, and a thousand
+/// BMCs need neither a thousand times. Sessions, credentials and the
+/// per-BMC concurrency limit stay per BMC, in [`Transport`].
+fn shared_client(options: &BmcOptions) -> Result<reqwest::Client, String> {
+    type Key = (bool, Option<Vec<u8>>, Duration);
+    static CLIENTS: std::sync::Mutex<Vec<(Key, reqwest::Client)>> = std::sync::Mutex::new(Vec::new());
+    let key: Key = (options.disable_certificate_verification, options.ca_bundle.clone(), options.timeout);
+    let mut clients = CLIENTS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, client)) = clients.iter().find(|(k, _)| *k == key) {
+        return Ok(client.clone());
+    }
+    let tls = super::tls::client_config(options.ca_bundle.as_deref(), options.disable_certificate_verification)?;
+    let client = reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .timeout(options.timeout)
+        .connect_timeout(options.timeout)
+        .no_proxy()
+        // Some BMCs redirect a system's alias to its canonical path. A
+        // redirect may not leave the BMC: the token would go with it.
+        .redirect(reqwest::redirect::Policy::custom(|attempt| {
+            let left = attempt.previous().first().is_some_and(|first| !same_origin(attempt.url(), first));
+            if attempt.previous().len() >= 5 || left { attempt.stop() } else { attempt.follow() }
+        }))
+        .build()
+        .map_err(|e| format!("HTTP client: {e}"))?;
+    clients.push((key, client.clone()));
+    Ok(client)
+}
+
 impl Transport {
     pub fn new(bmc: String, base: Url, credentials: Credentials, options: &BmcOptions) -> Result<Self, BmcError> {
-        let config_error = |reason: String| BmcError::Config { bmc: bmc.clone(), reason };
-        let tls = super::tls::client_config(options.ca_bundle.as_deref(), options.disable_certificate_verification)
-            .map_err(config_error)?;
-        let origin = base.clone();
-        let http = reqwest::Client::builder()
-            .tls_backend_preconfigured(tls)
-            .timeout(options.timeout)
-            .connect_timeout(options.timeout)
-            .no_proxy()
-            // Some BMCs redirect a system's alias to its canonical path. A
-            // redirect may not leave the BMC: the token would go with it.
-            .redirect(reqwest::redirect::Policy::custom(move |attempt| {
-                if attempt.previous().len() >= 5 || !same_origin(attempt.url(), &origin) {
-                    attempt.stop()
-                } else {
-                    attempt.follow()
-                }
-            }))
-            .build()
-            .map_err(|e| config_error(format!("HTTP client: {e}")))?;
+        let http = shared_client(options).map_err(|reason| BmcError::Config { bmc: bmc.clone(), reason })?;
         Ok(Self {
             bmc,
             base,
