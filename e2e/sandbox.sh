@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make sandbox`: girder on one machine. Starts the local control plane,
 # emulated BMCs for the sample machines (sushy-tools' Redfish emulator on
-# 127.0.0.1:$GIRDER_SANDBOX_REDFISH_PORT, default 8000), installs the CRDs,
+# 127.0.0.1:$GIRDER_SANDBOX_REDFISH_PORT, default 8000, and OpenIPMI's
+# ipmi_sim on UDP 127.0.0.1:$GIRDER_SANDBOX_IPMI_PORT, default 9623), installs the CRDs,
 # runs the operator, applies the sample lab, and shows the nodes moving from
 # Registering to Available and the Workload's plan as they settle.
 # Everything stays running afterwards; `make sandbox-down` stops it.
@@ -17,6 +18,8 @@ say() { printf '%s %s\n' "$(date +%H:%M:%S)" "$*"; }
 
 REDFISH_PORT="${GIRDER_SANDBOX_REDFISH_PORT:-8000}"
 REDFISH_NODES=(lab-node-0 lab-node-1 lab-node-2 lab-node-3)
+IPMI_PORT="${GIRDER_SANDBOX_IPMI_PORT:-9623}"
+IPMI_NODE=lab-node-4
 
 alive() { [ -f "$run/operator.pid" ] && kill -0 "$(cat "$run/operator.pid")" 2>/dev/null; }
 
@@ -50,6 +53,21 @@ start_redfish() {
   done
 }
 
+# The sample IPMI machine's BMC: OpenIPMI's ipmi_sim on UDP 127.0.0.1:$IPMI_PORT.
+start_ipmi() {
+  if [ -f "$run/ipmi.pid" ] && kill -0 "$(cat "$run/ipmi.pid")" 2>/dev/null; then return; fi
+  mkdir -p "$run/ipmi"
+  say "starting the IPMI simulator for $IPMI_NODE on 127.0.0.1:$IPMI_PORT/udp (logs: $run/ipmi/sim.log)"
+  printf 'password-for-lab\n' | e2e/ipmi.sh start "$IPMI_PORT" "$run/ipmi" admin >"$run/ipmi.pid"
+  local deadline=$((SECONDS + 60))
+  until IPMI_PASSWORD=password-for-lab ipmitool -I lanplus -C 3 -H 127.0.0.1 -p "$IPMI_PORT" -U admin -E -N 1 -R 1 \
+    chassis power status >/dev/null 2>&1; do
+    kill -0 "$(cat "$run/ipmi.pid")" 2>/dev/null || { say "the IPMI simulator died:"; tail -n 20 "$run/ipmi/sim.log"; exit 1; }
+    [ $SECONDS -lt $deadline ] || { say "the IPMI simulator does not answer"; exit 1; }
+    sleep 0.2
+  done
+}
+
 down() {
   if alive; then
     local pid; pid="$(cat "$run/operator.pid")"
@@ -59,6 +77,7 @@ down() {
   fi
   rm -f "$run/operator.pid"
   if [ -f "$run/sushy.pid" ]; then e2e/sushy.sh stop "$(cat "$run/sushy.pid")"; rm -f "$run/sushy.pid"; fi
+  if [ -f "$run/ipmi.pid" ]; then e2e/ipmi.sh stop "$(cat "$run/ipmi.pid")"; rm -f "$run/ipmi.pid"; fi
   e2e/controlplane.sh down
   say "sandbox stopped"
 }
@@ -74,8 +93,8 @@ watch_progress() {
       last="$now"
     fi
     local available
-    available="$("$kubectl" get bmn "${REDFISH_NODES[@]}" -n "$NAMESPACE" -o jsonpath='{range .items[*]}{.status.phase}{"\n"}{end}' 2>/dev/null | grep -cx Available || true)"
-    if [ "$available" -eq "${#REDFISH_NODES[@]}" ] &&
+    available="$("$kubectl" get bmn "${REDFISH_NODES[@]}" "$IPMI_NODE" -n "$NAMESPACE" -o jsonpath='{range .items[*]}{.status.phase}{"\n"}{end}' 2>/dev/null | grep -cx Available || true)"
+    if [ "$available" -eq $((${#REDFISH_NODES[@]} + 1)) ] &&
       "$kubectl" get workload lab-k8s -n "$NAMESPACE" -o jsonpath='{.status.conditions[?(@.type=="Blocked")].status}' 2>/dev/null | grep -qx False &&
       ! "$kubectl" get roles.girder.dev -n "$NAMESPACE" -o jsonpath='{range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' | grep -qvx True; then
       return 0
@@ -98,7 +117,9 @@ up() {
   export KUBECONFIG="$GIRDER_HOME/kubeconfig"
   local kubectl; kubectl="$(e2e/controlplane.sh kubectl)"
   e2e/sushy.sh install >/dev/null
+  e2e/ipmi.sh install >/dev/null
   start_redfish
+  start_ipmi
   say "building girder"
   cargo build --locked --quiet --bin girder
   say "installing the CRDs"
@@ -115,6 +136,10 @@ up() {
   say "applying the sample lab (config/samples) to namespace $NAMESPACE"
   "$kubectl" create namespace "$NAMESPACE" --dry-run=client -o yaml | "$kubectl" apply -f - >/dev/null
   "$kubectl" apply -k config/samples -n "$NAMESPACE" | sed 's/^/    /'
+  if [ "$IPMI_PORT" != 9623 ]; then
+    "$kubectl" patch bmn "$IPMI_NODE" -n "$NAMESPACE" --type merge \
+      -p "{\"spec\":{\"bmc\":{\"address\":\"ipmi://127.0.0.1:$IPMI_PORT\"}}}" >/dev/null
+  fi
   if [ "$REDFISH_PORT" != 8000 ]; then
     local node
     for node in "${REDFISH_NODES[@]}"; do

@@ -34,7 +34,9 @@ if [ "${USE_EXISTING_CLUSTER:-}" != "true" ]; then
   trap 'GIRDER_HOME="$sandbox_home" e2e/sandbox.sh down >/dev/null 2>&1 || true; rm -rf "$sandbox_home"' EXIT
   port=8000
   while ss -Hltn "sport = :$port" | grep -q .; do port=$((20000 + RANDOM % 20000)); done
-  GIRDER_HOME="$sandbox_home" GIRDER_SANDBOX_REDFISH_PORT="$port" e2e/sandbox.sh up
+  ipmi_port=9623
+  while ss -Hlun "sport = :$ipmi_port" | grep -q .; do ipmi_port=$((20000 + RANDOM % 20000)); done
+  GIRDER_HOME="$sandbox_home" GIRDER_SANDBOX_REDFISH_PORT="$port" GIRDER_SANDBOX_IPMI_PORT="$ipmi_port" e2e/sandbox.sh up
   GIRDER_HOME="$sandbox_home" e2e/sandbox.sh down
   rm -rf "$sandbox_home"
   trap - EXIT
