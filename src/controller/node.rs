@@ -41,6 +41,8 @@ pub const DETACHED: &str = "girder.dev/detached";
 pub struct NodeSettings {
     pub power_poll_interval: Duration,
     pub bmc_timeout: Duration,
+    /// Nodes reconciled at once (each is a conversation with its BMC).
+    pub max_concurrent_reconciles: u16,
 }
 
 struct NodeContext {
@@ -641,7 +643,10 @@ pub async fn run(ctx: Arc<Context>, settings: NodeSettings, shutdown: Cancellati
         .reflect(writer)
         .applied_objects()
         .predicate_filter(predicates::generation.combine(predicates::annotations), PredicateConfig::default());
-    let controller = Controller::for_stream(changes, store.clone());
+    // A bound on reconciles in flight: each holds a BMC conversation, and a
+    // thousand at once cost memory without finishing sooner.
+    let controller = Controller::for_stream(changes, store.clone())
+        .with_config(kube::runtime::controller::Config::default().concurrency(settings.max_concurrent_reconciles));
     let nc = Arc::new(NodeContext { ctx, settings, clients: tokio::sync::Mutex::new(HashMap::new()) });
     // Only Secrets' metadata is watched: a changed credentials Secret re-registers its nodes at once.
     let secret_changes = watcher(secrets, watcher::Config::default()).default_backoff().touched_objects();

@@ -54,6 +54,9 @@ pub struct OperatorArgs {
     /// Limit on one BMC call (connect, send, answer), in seconds.
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     bmc_timeout: u64,
+    /// Nodes reconciled at once: each is a conversation with its BMC.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..))]
+    max_concurrent_node_reconciles: u16,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -171,6 +174,7 @@ async fn lead(
     let settings = controller::node::NodeSettings {
         power_poll_interval: Duration::from_secs(args.power_poll_interval),
         bmc_timeout: Duration::from_secs(args.bmc_timeout),
+        max_concurrent_reconciles: args.max_concurrent_node_reconciles,
     };
     let controllers = run_controllers(ctx, settings, shutdown.clone());
     tokio::pin!(controllers);
