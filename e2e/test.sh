@@ -50,4 +50,11 @@ e2e/controlplane.sh up
 [ "${USE_EXISTING_CLUSTER:-}" = "true" ] || export KUBECONFIG="$GIRDER_HOME/kubeconfig"
 
 step "cargo test (unit, then integration against the API server)"
-cargo test --locked --all-targets -- --test-threads "${GIRDER_TEST_THREADS:-4}"
+results="$(mktemp)"
+cargo test --locked --all-targets -- --test-threads "${GIRDER_TEST_THREADS:-4}" 2>&1 | tee "$results"
+e2e/controlplane.sh down
+trap - EXIT
+# One closing line for the whole run, summed over every test binary.
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "%d passed, %d failed\n", p, f }' "$results"
+rm -f "$results"

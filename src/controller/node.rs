@@ -10,7 +10,7 @@
 
 use super::{Context, Error, key};
 use crate::api::condition::{self, Condition};
-use crate::api::node::{InspectionMode, NodeError, NodePhase, OperationHistory, OperationWindow};
+use crate::api::node::{BmcSpec, InspectionMode, NodeError, NodePhase, OperationHistory, OperationWindow};
 use crate::api::{BareMetalNode, BareMetalNodeStatus};
 use crate::bmc::{self, Bmc, BmcAddress, BmcError, BmcOptions, Credentials, PowerAction, PowerState, Scheme};
 use crate::k8s::manager;
@@ -173,6 +173,17 @@ fn now() -> Time {
 }
 
 impl NodeContext {
+    /// How to talk to a node's BMC, and the fingerprint of what a cached
+    /// client was made from (address, Secret version, TLS choice).
+    fn connection(&self, bmc: &BmcSpec, address: &BmcAddress, secret_version: &str) -> (BmcOptions, String) {
+        let options = BmcOptions {
+            timeout: self.settings.bmc_timeout,
+            disable_certificate_verification: bmc.disable_certificate_verification,
+            ..BmcOptions::default()
+        };
+        (options, format!("{address}|{secret_version}|{}", bmc.disable_certificate_verification))
+    }
+
     /// The node's BMC client, reusing the cached one while nothing it was
     /// made from changed; a stale one is closed.
     async fn client(
@@ -375,7 +386,7 @@ async fn lifecycle(
             return Ok(Action::requeue(ctx.backoff.failed(node_key)));
         }
     };
-    let fingerprint = format!("{address}|{secret_version}|{}", bmc_spec.disable_certificate_verification);
+    let (options, fingerprint) = nc.connection(bmc_spec, &address, &secret_version);
     // Register anew when the address, credentials or TLS choice changed since
     // this process connected; after a restart the phase in status stands.
     let changed = nc.clients.lock().await.get(node_key).is_some_and(|c| c.fingerprint != fingerprint);
@@ -386,11 +397,6 @@ async fn lifecycle(
         write_status(nc, api, node, &mut shown, &status).await?;
     }
 
-    let options = BmcOptions {
-        timeout: nc.settings.bmc_timeout,
-        disable_certificate_verification: bmc_spec.disable_certificate_verification,
-        ..BmcOptions::default()
-    };
     let result =
         drive(nc, node, &mut status, &address, credentials, options, node_key, &fingerprint, api, &mut shown).await;
     match result {
@@ -580,12 +586,7 @@ async fn finalize(
         let secrets: Api<Secret> = Api::namespaced(nc.ctx.client.clone(), namespace);
         let (credentials, version) =
             read_credentials(&secrets, &bmc_spec.credentials_secret_ref.name).await.map_err(|e| e.to_string())?;
-        let fingerprint = format!("{address}|{version}|{}", bmc_spec.disable_certificate_verification);
-        let options = BmcOptions {
-            timeout: nc.settings.bmc_timeout,
-            disable_certificate_verification: bmc_spec.disable_certificate_verification,
-            ..BmcOptions::default()
-        };
+        let (options, fingerprint) = nc.connection(bmc_spec, &address, &version);
         let bmc = nc.client(node_key, &fingerprint, &address, credentials, options).await.map_err(|e| e.to_string())?;
         nc.ctx.metrics.bmc_call("power_state");
         match bmc.power_state().await.map_err(|e| e.to_string())? {
