@@ -60,7 +60,9 @@ for e in $(seq 0 $((emulators - 1))); do
   ports+=("$port")
 done
 for port in "${ports[@]}"; do
-  until curl -fsS "http://127.0.0.1:$port/redfish/v1/" >/dev/null 2>&1; do sleep 0.2; done
+  # Listing the systems makes the emulator seed its state store once, before
+  # concurrent first requests could overwrite each other with the seed.
+  until curl -fsS "http://127.0.0.1:$port/redfish/v1/Systems" >/dev/null 2>&1; do sleep 0.2; done
 done
 
 say "creating $N BareMetalNodes"

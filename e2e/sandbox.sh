@@ -46,7 +46,9 @@ start_redfish() {
   say "starting the Redfish emulator for ${REDFISH_NODES[*]} on 127.0.0.1:$REDFISH_PORT (logs: $run/sushy/emulator.log)"
   e2e/sushy.sh start "$REDFISH_PORT" "$run/sushy/emulator.conf" "$run/sushy/emulator.log" >"$run/sushy.pid"
   local deadline=$((SECONDS + 120))
-  until curl -fsS "http://127.0.0.1:$REDFISH_PORT/redfish/v1/" >/dev/null 2>&1; do
+  # Listing the systems also makes the emulator seed its state store once,
+  # before concurrent first requests could overwrite each other with the seed.
+  until curl -fsS -u admin:password-for-lab "http://127.0.0.1:$REDFISH_PORT/redfish/v1/Systems" >/dev/null 2>&1; do
     kill -0 "$(cat "$run/sushy.pid")" 2>/dev/null || { say "the emulator died:"; tail -n 20 "$run/sushy/emulator.log"; exit 1; }
     [ $SECONDS -lt $deadline ] || { say "the emulator does not answer"; exit 1; }
     sleep 0.2

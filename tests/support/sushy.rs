@@ -149,6 +149,12 @@ impl Sushy {
             if let Ok(r) = self.raw.get(format!("{}/redfish/v1/", self.base())).send().await
                 && r.status().is_success()
             {
+                // The fake driver seeds its state store from the config the
+                // first time it is used, and several first requests at once
+                // can overwrite each other's changes with the seed: touch it
+                // once before anyone else does.
+                let (status, _) = self.get("/redfish/v1/Systems").await;
+                assert_eq!(status, 200, "listing the emulator's systems:\n{}", self.log());
                 return;
             }
             assert!(self.alive(), "sushy-emulator exited:\n{}", self.log());
