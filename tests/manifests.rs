@@ -63,7 +63,7 @@ async fn kustomize_default_and_samples_apply() {
     let kubeconfig = service_account_kubeconfig(&ns.name);
     let operator = Operator::start(OperatorOptions {
         lease_namespace: Some("girder-system"),
-        kubeconfig: Some(&kubeconfig),
+        kubeconfig: Some(&kubeconfig.0),
         lease_name: &ns.name,
         ..OperatorOptions::new(&ns.name, "rbac")
     });
@@ -89,7 +89,7 @@ async fn kustomize_default_and_samples_apply() {
 }
 
 /// A kubeconfig holding a token of the operator's ServiceAccount.
-fn service_account_kubeconfig(name: &str) -> std::path::PathBuf {
+fn service_account_kubeconfig(name: &str) -> TempFile {
     let token =
         run_ok(kubectl().args(["create", "token", "girder-operator", "-n", "girder-system", "--duration", "1h"]));
     let cluster = run_ok(kubectl().args([
@@ -109,7 +109,7 @@ fn service_account_kubeconfig(name: &str) -> std::path::PathBuf {
         "contexts": [{ "name": "sa", "context": { "cluster": "c", "user": "sa" } }],
     });
     std::fs::write(&path, serde_json::to_string(&config).unwrap()).unwrap();
-    path
+    TempFile(path)
 }
 
 #[test]
@@ -150,22 +150,23 @@ async fn helm_install_and_a_second_server_side_apply_changes_nothing() {
 
     // What an Argo CD sync does: server-side apply the rendered chart, twice.
     let synced = TestNamespace::new(&client, "argocd").await;
-    let rendered = std::env::temp_dir().join(format!("{}.yaml", synced.name));
+    let rendered_file = TempFile::new(&format!("{}.yaml", synced.name));
+    let rendered = rendered_file.0.as_path();
     let manifest =
         run_ok(helm().args(["template", &synced.name, "charts/girder", "-n", &synced.name, "--include-crds"]));
-    std::fs::write(&rendered, manifest).unwrap();
+    std::fs::write(rendered, manifest).unwrap();
     let apply = || {
         run_ok(
             kubectl()
                 .args(["apply", "--server-side", "--field-manager", "argocd-controller", "-n", &synced.name, "-f"])
-                .arg(&rendered),
+                .arg(rendered),
         )
     };
     apply();
     apply();
     let diff = kubectl()
         .args(["diff", "--server-side", "--field-manager", "argocd-controller", "-n", &synced.name, "-f"])
-        .arg(&rendered)
+        .arg(rendered)
         .output()
         .expect("kubectl diff");
     assert_eq!(
