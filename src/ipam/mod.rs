@@ -227,3 +227,47 @@ fn split_cidr<'a>(text: &'a str, expected: &'static str) -> Result<(&'a str, u8)
         length.parse::<u8>().map_err(|_| error(format!("prefix length {length:?} is not a number from 0 to 128")))?;
     Ok((address, length))
 }
+
+/// Held addresses and who holds them; with duplicates, the first node by name.
+fn taken_index<A: Copy + Ord>(allocations: &BTreeMap<String, A>) -> BTreeMap<A, String> {
+    let mut taken = BTreeMap::new();
+    for (node, address) in allocations {
+        taken.entry(*address).or_insert_with(|| node.clone());
+    }
+    taken
+}
+
+/// Stored allocations the network no longer allows (`unusable`), then
+/// addresses held by several nodes; for either address family.
+fn conflicts<A>(
+    network: &str,
+    allocations: &BTreeMap<String, A>,
+    unusable: impl Fn(A) -> Option<Unusable>,
+) -> Vec<IpamError>
+where
+    A: Copy + Ord + Into<IpAddr>,
+{
+    let mut found: Vec<IpamError> = allocations
+        .iter()
+        .filter_map(|(node, &address)| {
+            unusable(address).map(|why| IpamError::Stale {
+                network: network.to_string(),
+                node: node.clone(),
+                address: address.into(),
+                why,
+            })
+        })
+        .collect();
+    let mut holders: BTreeMap<A, Vec<String>> = BTreeMap::new();
+    for (node, address) in allocations {
+        holders.entry(*address).or_default().push(node.clone());
+    }
+    found.extend(
+        holders.into_iter().filter(|(_, nodes)| nodes.len() > 1).map(|(address, nodes)| IpamError::Duplicate {
+            network: network.to_string(),
+            address: address.into(),
+            nodes,
+        }),
+    );
+    found
+}

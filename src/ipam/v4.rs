@@ -357,36 +357,14 @@ pub fn free_count(pool: &Pool, allocations: &Allocations) -> u64 {
 /// nodes. Empty when all is well. Nothing here releases anything: the
 /// controller reports these (a `Conflict` condition) and decides.
 pub fn conflicts(pool: &Pool, allocations: &Allocations) -> Vec<IpamError> {
-    let mut found: Vec<IpamError> = allocations
-        .iter()
-        .filter_map(|(node, &address)| {
-            pool.unusable(address).map(|why| IpamError::Stale {
-                network: pool.network.clone(),
-                node: node.clone(),
-                address: IpAddr::V4(address),
-                why,
-            })
-        })
-        .collect();
-    let mut holders: BTreeMap<Ipv4Addr, Vec<String>> = BTreeMap::new();
-    for (node, address) in allocations {
-        holders.entry(*address).or_default().push(node.clone());
-    }
-    found.extend(holders.into_iter().filter(|(_, nodes)| nodes.len() > 1).map(|(address, nodes)| {
-        IpamError::Duplicate { network: pool.network.clone(), address: IpAddr::V4(address), nodes }
-    }));
-    found
+    super::conflicts(&pool.network, allocations, |address| pool.unusable(address))
 }
 
 /// Held addresses and who holds them; with duplicates, the first node by name.
 type Taken = BTreeMap<Ipv4Addr, String>;
 
 fn taken_index(allocations: &Allocations) -> Taken {
-    let mut taken = Taken::new();
-    for (node, address) in allocations {
-        taken.entry(*address).or_insert_with(|| node.clone());
-    }
-    taken
+    super::taken_index(allocations)
 }
 
 fn claim(allocations: &mut Allocations, taken: &mut Taken, node: &str, address: Ipv4Addr) {

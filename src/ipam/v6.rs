@@ -230,35 +230,13 @@ pub fn allocate_batch(pool: &Pool, allocations: &mut Allocations, requests: &[Re
 /// What is wrong with stored allocations: addresses outside the prefix or
 /// with a reserved IID, then addresses held by several nodes.
 pub fn conflicts(pool: &Pool, allocations: &Allocations) -> Vec<IpamError> {
-    let mut found: Vec<IpamError> = allocations
-        .iter()
-        .filter_map(|(node, &address)| {
-            pool.unusable(address).map(|why| IpamError::Stale {
-                network: pool.network.clone(),
-                node: node.clone(),
-                address: IpAddr::V6(address),
-                why,
-            })
-        })
-        .collect();
-    let mut holders: BTreeMap<Ipv6Addr, Vec<String>> = BTreeMap::new();
-    for (node, address) in allocations {
-        holders.entry(*address).or_default().push(node.clone());
-    }
-    found.extend(holders.into_iter().filter(|(_, nodes)| nodes.len() > 1).map(|(address, nodes)| {
-        IpamError::Duplicate { network: pool.network.clone(), address: IpAddr::V6(address), nodes }
-    }));
-    found
+    super::conflicts(&pool.network, allocations, |address| pool.unusable(address))
 }
 
 type Taken = BTreeMap<Ipv6Addr, String>;
 
 fn taken_index(allocations: &Allocations) -> Taken {
-    let mut taken = Taken::new();
-    for (node, address) in allocations {
-        taken.entry(*address).or_insert_with(|| node.clone());
-    }
-    taken
+    super::taken_index(allocations)
 }
 
 fn existing(pool: &Pool, allocations: &Allocations, node: &str) -> Option<Result<Assigned<Ipv6Addr>, IpamError>> {
