@@ -11,6 +11,7 @@
 # to use instead of building them; USE_EXISTING_CLUSTER=true with KUBECONFIG
 # uses that cluster and starts nothing.
 set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 GIRDER_CACHE="${GIRDER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/girder}"
@@ -148,15 +149,10 @@ up() {
 }
 
 stop() {
-  local name="$1" pid deadline
+  local name="$1" pid
   [ -f "$state/$name.pid" ] || return 0
   pid="$(cat "$state/$name.pid")"
-  if kill -0 "$pid" 2>/dev/null; then
-    kill -TERM "$pid" 2>/dev/null || true
-    deadline=$((SECONDS + 20))
-    while kill -0 "$pid" 2>/dev/null && [ $SECONDS -lt $deadline ]; do sleep 0.2; done
-    kill -KILL "$pid" 2>/dev/null || true
-  fi
+  stop_process "$pid" 20
   rm -f "$state/$name.pid"
 }
 

@@ -3,6 +3,7 @@
 # (as root, through apt-get) and checks the toolchains. Idempotent and quiet
 # when everything is there.
 set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 log() { echo "deps: $*" >&2; }
 
 debs=()
@@ -11,15 +12,7 @@ command -v ss >/dev/null || debs+=(iproute2)
 command -v setsid >/dev/null || debs+=(util-linux)
 command -v curl >/dev/null || debs+=(curl)
 command -v go >/dev/null || debs+=(golang-go)
-if [ ${#debs[@]} -gt 0 ]; then
-  if [ "$(id -u)" -ne 0 ]; then
-    log "missing Debian packages: ${debs[*]}; install them (sudo apt-get install ${debs[*]}) or run as root"
-    exit 1
-  fi
-  log "installing ${debs[*]}"
-  apt-get update -qq >&2
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${debs[@]}" >&2
-fi
+[ ${#debs[@]} -eq 0 ] || apt_install "${debs[@]}"
 command -v cargo >/dev/null || { log "Rust is required: install it with rustup (https://rustup.rs)"; exit 1; }
 for component in clippy rustfmt; do
   cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1 || { log "missing the $component component: rustup component add $component"; exit 1; }

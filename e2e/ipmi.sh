@@ -32,21 +32,13 @@
 #   DIR/actions  one line per `set` (power 1, power 0, reset 1, shutdown 1, boot pxe...)
 #   DIR/sim.log  ipmi_sim's debug output: sessions opened and closed, packets.
 set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 log() { echo "ipmi: $*" >&2; }
 
 install() {
   if ! command -v ipmi_sim >/dev/null || ! command -v ipmitool >/dev/null; then
-    if [ "$(id -u)" -ne 0 ]; then
-      log "missing ipmi_sim or ipmitool; install them (sudo apt-get install openipmi ipmitool) or run as root"
-      exit 1
-    fi
-    log "installing openipmi and ipmitool"
-    # A fresh machine has no package lists yet.
-    if ! apt-cache show openipmi >/dev/null 2>&1 || ! apt-cache show ipmitool >/dev/null 2>&1; then
-      apt-get update -qq >&2
-    fi
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends openipmi ipmitool >&2
+    apt_install openipmi ipmitool
   fi
   command -v ipmi_sim
 }
@@ -107,16 +99,7 @@ EOF
 }
 
 stop() {
-  local pid="${1:?usage: $0 stop PID}"
-  kill -0 "$pid" 2>/dev/null || return 0
-  kill -TERM "$pid" 2>/dev/null || true
-  for _ in $(seq 100); do
-    kill -0 "$pid" 2>/dev/null || return 0
-    # Waits on the process, bounded: 100 x 0.1 s, then SIGKILL.
-    sleep 0.1
-  done
-  log "simulator $pid did not stop on SIGTERM; killing it"
-  kill -KILL "$pid" 2>/dev/null || true
+  stop_process "${1:?usage: $0 stop PID}"
 }
 
 # ipmi_sim's chassis_control protocol: `PROG get PARM...` prints `PARM:VALUE`

@@ -10,6 +10,7 @@
 #   e2e/sandbox.sh up | down
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+. e2e/lib.sh
 GIRDER_CACHE="${GIRDER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/girder}"
 export GIRDER_HOME="${GIRDER_HOME:-$GIRDER_CACHE}"
 run="$GIRDER_HOME/sandbox"
@@ -71,12 +72,7 @@ start_ipmi() {
 }
 
 down() {
-  if alive; then
-    local pid; pid="$(cat "$run/operator.pid")"
-    kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null || true
-  fi
+  if alive; then stop_process "$(cat "$run/operator.pid")"; fi
   rm -f "$run/operator.pid"
   if [ -f "$run/sushy.pid" ]; then e2e/sushy.sh stop "$(cat "$run/sushy.pid")"; rm -f "$run/sushy.pid"; fi
   if [ -f "$run/ipmi.pid" ]; then e2e/ipmi.sh stop "$(cat "$run/ipmi.pid")"; rm -f "$run/ipmi.pid"; fi

@@ -25,6 +25,7 @@
 # sushy-tools 2.2.0's fake driver applies a power change 1 to 11 s after it is
 # asked; it has no SessionService, sends no ETags and never answers 503.
 set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 SUSHY_TOOLS_VERSION="${SUSHY_TOOLS_VERSION:-2.2.0}"
 GIRDER_CACHE="${GIRDER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/girder}"
@@ -48,13 +49,7 @@ ensure_debs() {
     [ -f "$("$py" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')/Python.h" ] || debs+=(python3-dev)
   fi
   [ ${#debs[@]} -eq 0 ] && return
-  if [ "$(id -u)" -ne 0 ]; then
-    log "missing Debian packages: ${debs[*]}; install them (sudo apt-get install ${debs[*]}) or run as root"
-    exit 1
-  fi
-  log "installing ${debs[*]}"
-  apt-get update -qq >&2
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${debs[@]}" >&2
+  apt_install "${debs[@]}"
 }
 
 install() {
@@ -86,16 +81,7 @@ start() {
 }
 
 stop() {
-  local pid="${1:?usage: $0 stop PID}"
-  kill -0 "$pid" 2>/dev/null || return 0
-  kill -TERM "$pid" 2>/dev/null || true
-  for _ in $(seq 100); do
-    kill -0 "$pid" 2>/dev/null || return 0
-    # Waits on the process, bounded: 100 x 0.1 s, then SIGKILL.
-    sleep 0.1
-  done
-  log "emulator $pid did not stop on SIGTERM; killing it"
-  kill -KILL "$pid" 2>/dev/null || true
+  stop_process "${1:?usage: $0 stop PID}"
 }
 
 htpasswd() {
