@@ -27,6 +27,8 @@ step "real peers: BIND 9 and dig/nsupdate (Debian bind9, bind9-dnsutils)"
 e2e/bind.sh install
 step "real peers: OpenIPMI ipmi_sim and ipmitool (Debian packages)"
 e2e/ipmi.sh install >/dev/null
+step "real peers: QEMU, iPXE, OVMF, dnsmasq; a test kernel and initrd (cached in $GIRDER_CACHE/pxe)"
+e2e/pxe-assets.sh build >/dev/null
 
 if [ "${USE_EXISTING_CLUSTER:-}" != "true" ]; then
   step "make sandbox, end to end, in its own control plane"

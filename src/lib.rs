@@ -9,3 +9,4 @@ pub mod graph;
 pub mod ipam;
 pub mod k8s;
 pub mod operator;
+pub mod pxe;

@@ -13,6 +13,8 @@ struct Cli {
 enum Command {
     /// Run the controllers (with leader election, health and metrics endpoints).
     Operator(girder::operator::OperatorArgs),
+    /// Run the PXE sidecar: DHCP, TFTP and HTTP boot from what the API says.
+    Pxe(girder::pxe::PxeArgs),
     /// Print the CustomResourceDefinitions as YAML, or write one file per CRD.
     Crdgen(girder::crdgen::CrdgenArgs),
 }
@@ -21,6 +23,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Operator(args) => girder::operator::main(args),
+        Command::Pxe(args) => girder::pxe::main(args),
         Command::Crdgen(args) => girder::crdgen::main(args),
     };
     match result {

@@ -60,7 +60,7 @@ pub struct OperatorArgs {
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
-enum LogFormat {
+pub enum LogFormat {
     Json,
     Text,
 }
@@ -93,7 +93,7 @@ pub fn main(args: OperatorArgs) -> Result<(), Box<dyn std::error::Error>> {
     })
 }
 
-fn init_logging(format: LogFormat) {
+pub fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn"));
     // Colours only for a person at a terminal, never in files or pipes.
@@ -303,7 +303,7 @@ fn default_identity() -> String {
     format!("{host}-{}", std::process::id())
 }
 
-async fn stop_on_signal(shutdown: CancellationToken) {
+pub async fn stop_on_signal(shutdown: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
         tracing::warn!("cannot install signal handlers; stop with SIGKILL");

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod ipmi;
+pub mod pxe_lab;
 pub mod sushy;
 
 use girder::api;
@@ -275,7 +276,7 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
 }
 
-fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
     let mut stream = TcpStream::connect(addr).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;

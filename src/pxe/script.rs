@@ -1,0 +1,356 @@
+//! The per-MAC iPXE script, decided from the node's state (pure).
+//!
+//! - unknown MAC: the discovery image when some Network allows discovery;
+//! - a node in maintenance, or Provisioned: leave the network boot (`exit`),
+//!   so the firmware boots the next device, normally the disk;
+//! - a node with a boot profile: its kernel, initrd and command line;
+//! - a node with an image to install: the deploy ramdisk (the discovery
+//!   image, told which node it is and what to do);
+//! - a node to inspect in band: the discovery image;
+//! - anything else: `exit`.
+
+use super::model::{Mac, NodeBoot, Snapshot};
+use crate::api::node::{InspectionMode, NodePhase};
+use std::fmt::Write as _;
+
+/// Where the discovery (and deploy) ramdisk lives.
+#[derive(Clone, Debug, Default)]
+pub struct DiscoveryImage {
+    /// Asset path or URL of the kernel.
+    pub kernel: Option<String>,
+    /// Asset path or URL of the initrd.
+    pub initrd: Option<String>,
+    /// Extra kernel command line.
+    pub cmdline: String,
+}
+
+/// Why no script is served: an HTTP status and a sentence for the person
+/// reading the iPXE console or the log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    pub status: u16,
+    pub reason: String,
+}
+
+/// What the script does, for logs and metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    Discovery,
+    Profile,
+    Deploy,
+    Inspect,
+    Exit,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Discovery => "discovery",
+            Action::Profile => "boot-profile",
+            Action::Deploy => "deploy",
+            Action::Inspect => "inspect",
+            Action::Exit => "exit",
+        }
+    }
+}
+
+pub struct Rendered {
+    pub action: Action,
+    /// `namespace/name` of the node, when known.
+    pub node: Option<String>,
+    pub script: String,
+}
+
+/// Renders the script for `mac`. `base` is the HTTP origin the client used
+/// (e.g. `http://10.0.0.1:8081`); relative asset paths are served under
+/// `<base>/assets/`.
+pub fn render(mac: Mac, snapshot: &Snapshot, discovery: &DiscoveryImage, base: &str) -> Result<Rendered, Refusal> {
+    if let Some(claimants) = snapshot.duplicate(&mac) {
+        return Err(Refusal {
+            status: 409,
+            reason: format!(
+                "boot MAC {mac} is claimed by {}; give each BareMetalNode its own bootMACAddress",
+                claimants.join(" and ")
+            ),
+        });
+    }
+    let Some(node) = snapshot.node(&mac) else {
+        if !snapshot.discovery_allowed() {
+            return Err(Refusal {
+                status: 404,
+                reason: format!(
+                    "no BareMetalNode has boot MAC {mac}, and no Network allows discovery (spec.dhcp.allowDiscovery)"
+                ),
+            });
+        }
+        let script = ramdisk(mac, None, "discover", discovery, base)?;
+        return Ok(Rendered { action: Action::Discovery, node: None, script });
+    };
+    let key = format!("{}/{}", node.namespace, node.name);
+    let (action, script) = decide(mac, node, &key, discovery, base)?;
+    Ok(Rendered { action, node: Some(key), script })
+}
+
+fn decide(
+    mac: Mac,
+    node: &NodeBoot,
+    key: &str,
+    discovery: &DiscoveryImage,
+    base: &str,
+) -> Result<(Action, String), Refusal> {
+    if node.maintenance {
+        return Ok((Action::Exit, exit(&format!("node {key} is in maintenance; not booting it from the network"))));
+    }
+    if node.phase == Some(NodePhase::Provisioned) {
+        return Ok((Action::Exit, exit(&format!("node {key} is Provisioned; booting from its disk"))));
+    }
+    if let Some(profile) = &node.boot_profile {
+        let cmdline = with_identity(&profile.cmdline, mac, Some(key));
+        let script = kernel_script(
+            &format!("node {key}: boot profile"),
+            &asset_url(base, &profile.kernel),
+            &asset_url(base, &profile.initrd),
+            &cmdline,
+            mac,
+            base,
+        );
+        return Ok((Action::Profile, script));
+    }
+    if node.image.is_some() {
+        return Ok((Action::Deploy, ramdisk(mac, Some(key), "deploy", discovery, base)?));
+    }
+    if node.inspection == InspectionMode::InBand && node.phase == Some(NodePhase::Inspecting) {
+        return Ok((Action::Inspect, ramdisk(mac, Some(key), "inspect", discovery, base)?));
+    }
+    Ok((Action::Exit, exit(&format!("node {key} has nothing to boot from the network; booting from its disk"))))
+}
+
+fn ramdisk(
+    mac: Mac,
+    node: Option<&str>,
+    mode: &str,
+    discovery: &DiscoveryImage,
+    base: &str,
+) -> Result<String, Refusal> {
+    let (Some(kernel), Some(initrd)) = (&discovery.kernel, &discovery.initrd) else {
+        return Err(Refusal {
+            status: 404,
+            reason: format!(
+                "MAC {mac} should boot the {mode} ramdisk, but none is configured (girder pxe --discovery-kernel and --discovery-initrd)"
+            ),
+        });
+    };
+    let cmdline = with_identity(&format!("{} girder.mode={mode}", discovery.cmdline.trim()), mac, node);
+    let title = match node {
+        Some(key) => format!("node {key}: {mode} ramdisk"),
+        None => format!("unknown machine {mac}: {mode} ramdisk"),
+    };
+    Ok(kernel_script(&title, &asset_url(base, kernel), &asset_url(base, initrd), &cmdline, mac, base))
+}
+
+/// The command line plus who the machine is, so the ramdisk and the agent
+/// need not guess: `BOOTIF` (the pxelinux convention), `girder.mac` and
+/// `girder.node`.
+fn with_identity(cmdline: &str, mac: Mac, node: Option<&str>) -> String {
+    let mut out = cmdline.trim().to_string();
+    let bootif = mac.to_string().replace(':', "-");
+    let _ = write!(out, " BOOTIF=01-{bootif} girder.mac={mac}");
+    if let Some(key) = node {
+        let _ = write!(out, " girder.node={key}");
+    }
+    out.trim().to_string()
+}
+
+/// Relative paths are girder's own assets; anything with a scheme is used as is.
+fn asset_url(base: &str, location: &str) -> String {
+    if location.contains("://") {
+        location.to_string()
+    } else {
+        format!("{base}/assets/{}", location.trim_start_matches('/'))
+    }
+}
+
+fn kernel_script(title: &str, kernel: &str, initrd: &str, cmdline: &str, mac: Mac, base: &str) -> String {
+    // `initrd=initrd.img` names the initrd for EFI-stub kernels booted by an
+    // iPXE that predates the LoadFile2 initrd protocol; BIOS kernels ignore it.
+    // On failure the script waits and fetches itself again: a transient HTTP
+    // error must not leave the machine stuck at the iPXE prompt, nor loop hot.
+    format!(
+        "#!ipxe\n\
+         echo girder: {title}\n\
+         kernel --name vmlinuz {kernel} initrd=initrd.img {cmdline} || goto failed\n\
+         initrd --name initrd.img {initrd} || goto failed\n\
+         boot || goto failed\n\
+         :failed\n\
+         echo girder: network boot failed; trying again in 10 seconds\n\
+         sleep 10\n\
+         chain --replace --autofree {base}/boot/{mac}.ipxe\n",
+        title = sanitize(title),
+        cmdline = sanitize(cmdline),
+    )
+}
+
+fn exit(reason: &str) -> String {
+    format!("#!ipxe\necho girder: {}\nexit\n", sanitize(reason))
+}
+
+/// Keeps one iPXE line one line: API text must not inject commands.
+fn sanitize(text: &str) -> String {
+    text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::network::{DhcpMode, Network, NetworkSpec};
+    use crate::api::node::{BareMetalNode, BareMetalNodeSpec, BootProfile, ImageSpec, NodePhase};
+
+    const MAC: &str = "52:54:00:12:34:56";
+    const BASE: &str = "http://10.0.0.1:8081";
+
+    fn node(name: &str, mac: &str, edit: impl FnOnce(&mut BareMetalNode)) -> BareMetalNode {
+        let mut node = BareMetalNode::new(
+            name,
+            BareMetalNodeSpec { boot_mac_address: Some(mac.into()), ..BareMetalNodeSpec::default() },
+        );
+        node.metadata.namespace = Some("lab".into());
+        edit(&mut node);
+        node
+    }
+
+    fn network(allow_discovery: bool) -> Network {
+        let mut net = Network::new(
+            "prov",
+            NetworkSpec {
+                cidr: Some("10.0.0.0/24".into()),
+                dhcp: Some(crate::api::network::DhcpSpec {
+                    mode: DhcpMode::Managed,
+                    lease_seconds: None,
+                    allow_discovery,
+                }),
+                ..NetworkSpec::default()
+            },
+        );
+        net.metadata.namespace = Some("lab".into());
+        net
+    }
+
+    fn discovery() -> DiscoveryImage {
+        DiscoveryImage {
+            kernel: Some("discovery/vmlinuz".into()),
+            initrd: Some("http://images.example/initrd".into()),
+            cmdline: "console=ttyS0".into(),
+        }
+    }
+
+    fn mac() -> Mac {
+        Mac::parse(MAC).unwrap_or(Mac([0; 6]))
+    }
+
+    fn profile() -> BootProfile {
+        BootProfile { kernel: "/vmlinuz".into(), initrd: "initrd.img".into(), cmdline: "console=ttyS0 quiet".into() }
+    }
+
+    #[test]
+    fn a_boot_profile_boots_its_kernel_initrd_and_cmdline_with_the_nodes_identity() {
+        let nodes = [node("n1", MAC, |n| n.spec.boot_profile = Some(profile()))];
+        let snapshot = Snapshot::build(&nodes, &[network(false)]);
+        let rendered = render(mac(), &snapshot, &discovery(), BASE).unwrap();
+        assert_eq!(rendered.action, Action::Profile);
+        assert_eq!(rendered.node.as_deref(), Some("lab/n1"));
+        let s = rendered.script;
+        assert!(s.starts_with("#!ipxe\n"));
+        assert!(s.contains(
+            "kernel --name vmlinuz http://10.0.0.1:8081/assets/vmlinuz initrd=initrd.img console=ttyS0 quiet BOOTIF=01-52-54-00-12-34-56 girder.mac=52:54:00:12:34:56 girder.node=lab/n1 || goto failed\n"
+        ), "{s}");
+        assert!(s.contains("initrd --name initrd.img http://10.0.0.1:8081/assets/initrd.img || goto failed\n"), "{s}");
+        assert!(s.contains("chain --replace --autofree http://10.0.0.1:8081/boot/52:54:00:12:34:56.ipxe\n"), "{s}");
+    }
+
+    #[test]
+    fn provisioned_and_maintenance_nodes_leave_the_network_boot() {
+        let provisioned = [node("n1", MAC, |n| {
+            n.spec.boot_profile = Some(profile());
+            n.status = Some(crate::api::node::BareMetalNodeStatus {
+                phase: Some(NodePhase::Provisioned),
+                ..Default::default()
+            });
+        })];
+        let rendered = render(mac(), &Snapshot::build(&provisioned, &[]), &discovery(), BASE).unwrap();
+        assert_eq!(rendered.action, Action::Exit);
+        assert!(rendered.script.contains("Provisioned; booting from its disk\nexit\n"), "{}", rendered.script);
+
+        let maintenance = [node("n1", MAC, |n| {
+            n.spec.boot_profile = Some(profile());
+            n.spec.maintenance = true;
+        })];
+        let rendered = render(mac(), &Snapshot::build(&maintenance, &[]), &discovery(), BASE).unwrap();
+        assert_eq!(rendered.action, Action::Exit);
+        assert!(rendered.script.contains("maintenance"), "{}", rendered.script);
+    }
+
+    #[test]
+    fn an_image_boots_the_deploy_ramdisk_and_in_band_inspection_the_inspect_one() {
+        let image = ImageSpec {
+            url: "http://images.example/os.img".into(),
+            checksum: "0".repeat(64),
+            checksum_type: Default::default(),
+            format: Default::default(),
+        };
+        let nodes = [node("n1", MAC, |n| n.spec.image = Some(image))];
+        let rendered = render(mac(), &Snapshot::build(&nodes, &[]), &discovery(), BASE).unwrap();
+        assert_eq!(rendered.action, Action::Deploy);
+        assert!(rendered.script.contains(
+            "http://10.0.0.1:8081/assets/discovery/vmlinuz initrd=initrd.img console=ttyS0 girder.mode=deploy"
+        ));
+        assert!(rendered.script.contains("initrd --name initrd.img http://images.example/initrd "));
+
+        let nodes = [node("n1", MAC, |n| {
+            n.spec.inspection = InspectionMode::InBand;
+            n.status = Some(crate::api::node::BareMetalNodeStatus {
+                phase: Some(NodePhase::Inspecting),
+                ..Default::default()
+            });
+        })];
+        let rendered = render(mac(), &Snapshot::build(&nodes, &[]), &discovery(), BASE).unwrap();
+        assert_eq!(rendered.action, Action::Inspect);
+
+        let nodes = [node("n1", MAC, |_| {})];
+        let rendered = render(mac(), &Snapshot::build(&nodes, &[]), &discovery(), BASE).unwrap();
+        assert_eq!(rendered.action, Action::Exit);
+    }
+
+    #[test]
+    fn unknown_macs_get_discovery_only_where_a_network_allows_it() {
+        let refused = render(mac(), &Snapshot::build(&[], &[network(false)]), &discovery(), BASE).err().unwrap();
+        assert_eq!(refused.status, 404);
+        assert!(refused.reason.contains("no BareMetalNode has boot MAC 52:54:00:12:34:56"), "{}", refused.reason);
+        assert!(refused.reason.contains("allowDiscovery"), "{}", refused.reason);
+
+        let rendered = render(mac(), &Snapshot::build(&[], &[network(true)]), &discovery(), BASE).unwrap();
+        assert_eq!(rendered.action, Action::Discovery);
+        assert!(rendered.script.contains("girder.mode=discover"));
+
+        let refused =
+            render(mac(), &Snapshot::build(&[], &[network(true)]), &DiscoveryImage::default(), BASE).err().unwrap();
+        assert_eq!(refused.status, 404);
+        assert!(refused.reason.contains("--discovery-kernel"), "{}", refused.reason);
+    }
+
+    #[test]
+    fn a_mac_claimed_twice_is_not_booted() {
+        let nodes = [node("a", MAC, |_| {}), node("b", &MAC.to_uppercase(), |_| {})];
+        let refused = render(mac(), &Snapshot::build(&nodes, &[]), &discovery(), BASE).err().unwrap();
+        assert_eq!(refused.status, 409);
+        assert!(refused.reason.contains("lab/a and lab/b"), "{}", refused.reason);
+    }
+
+    #[test]
+    fn api_text_cannot_add_lines_to_the_script() {
+        let nodes = [node("n1", MAC, |n| {
+            n.spec.boot_profile = Some(BootProfile { cmdline: "quiet\nshell".into(), ..profile() });
+        })];
+        let rendered = render(mac(), &Snapshot::build(&nodes, &[]), &discovery(), BASE).unwrap();
+        assert!(!rendered.script.lines().any(|l| l == "shell"), "{}", rendered.script);
+    }
+}
