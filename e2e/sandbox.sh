@@ -5,7 +5,9 @@
 # ipmi_sim on UDP 127.0.0.1:$GIRDER_SANDBOX_IPMI_PORT, default 9623), installs the CRDs,
 # runs the operator, applies the sample lab, and shows the nodes moving from
 # Registering to Available and the Workload's plan as they settle.
-# Everything stays running afterwards; `make sandbox-down` stops it.
+# With GIRDER_SANDBOX_VM=1 (as root) it then PXE-boots one QEMU VM against
+# `girder pxe` (e2e/sandbox-vm.sh). Everything stays running afterwards;
+# `make sandbox-down` stops it.
 #
 #   e2e/sandbox.sh up | down
 set -euo pipefail
@@ -72,6 +74,7 @@ start_ipmi() {
 }
 
 down() {
+  e2e/sandbox-vm.sh down "$run"
   if alive; then stop_process "$(cat "$run/operator.pid")"; fi
   rm -f "$run/operator.pid"
   if [ -f "$run/sushy.pid" ]; then e2e/sushy.sh stop "$(cat "$run/sushy.pid")"; rm -f "$run/sushy.pid"; fi
@@ -154,6 +157,11 @@ up() {
     -o jsonpath='{range .status.plan[*]}    layer {.layer}: {.roles}{"  sync="}{.barrier}{"\n"}{end}'
   "$kubectl" get workload lab-k8s -n "$NAMESPACE" \
     -o jsonpath='{range .status.conditions[*]}    {.type}={.status} ({.reason}): {.message}{"\n"}{end}'
+  if [ "${GIRDER_SANDBOX_VM:-0}" = 1 ]; then
+    e2e/sandbox-vm.sh up "$kubectl" "$NAMESPACE" "$run"
+  else
+    say "to also PXE-boot a QEMU VM against girder pxe (as root): GIRDER_SANDBOX_VM=1 make sandbox"
+  fi
   cat <<MSG
 
 The sandbox is running. Try:

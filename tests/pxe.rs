@@ -200,27 +200,45 @@ fn operator(namespace: &str) -> Operator {
     Operator::start(OperatorOptions::new(namespace, "op"))
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn managed_mode_boots_a_bios_vm_into_its_boot_profile_at_its_allocated_address() {
+/// What every VM test starts from: a namespace, a lab with router adverts,
+/// the Network `prov` in the given DHCP mode and a node `vm1` whose boot
+/// profile prints `marker`, and a fresh state dir for girder pxe.
+struct Setup {
+    ns: TestNamespace,
+    lab: Lab,
+    _ra: support::pxe_lab::Daemon,
+    state: LabDir,
+    marker: String,
+}
+
+async fn setup(name: &str, subnet: u8, dhcp: &str, node_mac: Option<&str>) -> Setup {
     let client = client().await;
     install_crds(&client).await;
-    let ns = TestNamespace::new(&client, "pxe-bios").await;
-    let lab = Lab::create("bios", 201).unwrap_or_else(|e| panic!("{e}"));
+    let ns = TestNamespace::new(&client, &format!("pxe-{name}")).await;
+    let lab = Lab::create(name, subnet).unwrap_or_else(|e| panic!("{e}"));
     // Router adverts spare iPXE its wait for IPv6 autoconfiguration.
-    let _ra = lab.ipv6_router();
-    let (mac, marker) = ("52:54:00:c9:00:01", marker());
-    apply_yaml(&ns.name, &network_yaml("prov", &lab, "{mode: Managed}"));
-    apply_yaml(&ns.name, &node_yaml("vm1", mac, "prov", &marker));
+    let ra = lab.ipv6_router();
+    let marker = marker();
+    apply_yaml(&ns.name, &network_yaml("prov", &lab, dhcp));
+    if let Some(mac) = node_mac {
+        apply_yaml(&ns.name, &node_yaml("vm1", mac, "prov", &marker));
+    }
+    let state = LabDir::new(&format!("girder-pxe-state-{name}"));
+    Setup { ns, lab, _ra: ra, state, marker }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn managed_mode_boots_a_bios_vm_into_its_boot_profile_at_its_allocated_address() {
+    let mac = "52:54:00:c9:00:01";
+    let Setup { ns, lab, state, marker, .. } = &setup("bios", 201, "{mode: Managed}", Some(mac)).await;
     let _operator = operator(&ns.name);
     let address = allocation(&ns.name, "prov", "vm1").await;
-
-    let state = LabDir::new("girder-pxe-state-bios");
-    let mut pxe = Pxe::start(&ns.name, Some(&lab), &state.0, &[]);
+    let mut pxe = Pxe::start(&ns.name, Some(lab), &state.0, &[]);
     pxe.wait_ready().await;
 
     // Garbage first: truncated, oversized and random DHCP and TFTP datagrams
     // from the lab's segment must not stop either server.
-    let sent = send_garbage(&lab);
+    let sent = send_garbage(lab);
     wait_for("the malformed DHCP packets to be counted", || {
         let counted = pxe.metric("girder_pxe_dhcp_ignored_total{reason=\"malformed\"}");
         async move { (counted >= sent as f64).then_some(()) }
@@ -228,7 +246,7 @@ async fn managed_mode_boots_a_bios_vm_into_its_boot_profile_at_its_allocated_add
     .await;
 
     let vm = lab.vm(mac, Firmware::Bios);
-    vm.wait_for_serial(&booted(&marker), BOOT_PATIENCE).unwrap_or_else(|log| panic!("VM did not boot:\n{log}"));
+    vm.wait_for_serial(&booted(marker), BOOT_PATIENCE).unwrap_or_else(|log| panic!("VM did not boot:\n{log}"));
 
     let acks = pxe.log_lines("DHCP ACK", mac);
     assert!(!acks.is_empty(), "no DHCP ACK for {mac}:\n{}", pxe.logs());
@@ -245,24 +263,15 @@ async fn managed_mode_boots_a_bios_vm_into_its_boot_profile_at_its_allocated_add
 
 #[tokio::test(flavor = "multi_thread")]
 async fn managed_mode_chains_a_uefi_vm_through_tftp_to_ipxe_and_its_script() {
-    let client = client().await;
-    install_crds(&client).await;
-    let ns = TestNamespace::new(&client, "pxe-uefi").await;
-    let lab = Lab::create("uefi", 202).unwrap_or_else(|e| panic!("{e}"));
-    // Router adverts spare iPXE its wait for IPv6 autoconfiguration.
-    let _ra = lab.ipv6_router();
-    let (mac, marker) = ("52:54:00:ca:00:01", marker());
-    apply_yaml(&ns.name, &network_yaml("prov", &lab, "{mode: Managed}"));
-    apply_yaml(&ns.name, &node_yaml("vm1", mac, "prov", &marker));
+    let mac = "52:54:00:ca:00:01";
+    let Setup { ns, lab, state, marker, .. } = &setup("uefi", 202, "{mode: Managed}", Some(mac)).await;
     let _operator = operator(&ns.name);
     let address = allocation(&ns.name, "prov", "vm1").await;
-
-    let state = LabDir::new("girder-pxe-state-uefi");
-    let mut pxe = Pxe::start(&ns.name, Some(&lab), &state.0, &[]);
+    let mut pxe = Pxe::start(&ns.name, Some(lab), &state.0, &[]);
     pxe.wait_ready().await;
 
     let vm = lab.vm(mac, Firmware::Uefi);
-    vm.wait_for_serial(&booted(&marker), BOOT_PATIENCE).unwrap_or_else(|log| panic!("VM did not boot:\n{log}"));
+    vm.wait_for_serial(&booted(marker), BOOT_PATIENCE).unwrap_or_else(|log| panic!("VM did not boot:\n{log}"));
 
     // Two ACKs at least: the firmware's PXE client got ipxe.efi, then iPXE
     // got its script URL; both at the node's allocation.
@@ -278,24 +287,16 @@ async fn managed_mode_chains_a_uefi_vm_through_tftp_to_ipxe_and_its_script() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn proxy_mode_boots_next_to_the_sites_own_dhcp_server() {
-    let client = client().await;
-    install_crds(&client).await;
-    let ns = TestNamespace::new(&client, "pxe-proxy").await;
-    let lab = Lab::create("proxy", 203).unwrap_or_else(|e| panic!("{e}"));
-    // Router adverts spare iPXE its wait for IPv6 autoconfiguration.
-    let _ra = lab.ipv6_router();
-    let (mac, marker) = ("52:54:00:cb:00:01", marker());
-    apply_yaml(&ns.name, &network_yaml("prov", &lab, "{mode: Proxy}"));
-    apply_yaml(&ns.name, &node_yaml("vm1", mac, "prov", &marker));
+    let mac = "52:54:00:cb:00:01";
+    let Setup { ns, lab, state, marker, .. } = &setup("proxy", 203, "{mode: Proxy}", Some(mac)).await;
     // The site's DHCP hands out .100-.150 and knows nothing of PXE.
     let site = lab.site_dnsmasq((&lab.addr(100), &lab.addr(150)));
 
-    let state = LabDir::new("girder-pxe-state-proxy");
-    let mut pxe = Pxe::start(&ns.name, Some(&lab), &state.0, &[]);
+    let mut pxe = Pxe::start(&ns.name, Some(lab), &state.0, &[]);
     pxe.wait_ready().await;
 
     let vm = lab.vm(mac, Firmware::Bios);
-    vm.wait_for_serial(&booted(&marker), BOOT_PATIENCE).unwrap_or_else(|log| panic!("VM did not boot:\n{log}"));
+    vm.wait_for_serial(&booted(marker), BOOT_PATIENCE).unwrap_or_else(|log| panic!("VM did not boot:\n{log}"));
 
     // The address came from the site's server, the boot file from girder.
     let site_log = site.logs();
@@ -308,39 +309,30 @@ async fn proxy_mode_boots_next_to_the_sites_own_dhcp_server() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unknown_machine_gets_discovery_and_its_lease_back_after_a_restart() {
-    let client = client().await;
-    install_crds(&client).await;
-    let ns = TestNamespace::new(&client, "pxe-disc").await;
-    let lab = Lab::create("disc", 204).unwrap_or_else(|e| panic!("{e}"));
-    // Router adverts spare iPXE its wait for IPv6 autoconfiguration.
-    let _ra = lab.ipv6_router();
     let mac = "52:54:00:cc:00:01";
-    apply_yaml(&ns.name, &network_yaml("prov", &lab, "{mode: Managed, allowDiscovery: true}"));
-
-    let state = LabDir::new("girder-pxe-state-disc");
-    let marker = marker();
+    let Setup { ns, lab, state, marker, .. } = &setup("disc", 204, "{mode: Managed, allowDiscovery: true}", None).await;
     let cmdline = format!("console=ttyS0 girder.marker={marker}");
     let extra = ["--discovery-kernel", "vmlinuz", "--discovery-initrd", "initrd.img", "--discovery-cmdline", &cmdline];
-    let mut pxe = Pxe::start(&ns.name, Some(&lab), &state.0, &extra);
+    let mut pxe = Pxe::start(&ns.name, Some(lab), &state.0, &extra);
     pxe.wait_ready().await;
 
     let first = {
         let vm = lab.vm(mac, Firmware::Bios);
-        let serial = vm.wait_for_serial(&booted(&marker), BOOT_PATIENCE).unwrap_or_else(|log| panic!("{log}"));
+        let serial = vm.wait_for_serial(&booted(marker), BOOT_PATIENCE).unwrap_or_else(|log| panic!("{log}"));
         assert!(serial.contains(&format!("mac={mac}")), "the discovery ramdisk is told its MAC: {serial}");
-        discovery_address(&pxe, mac, &lab)
+        discovery_address(&pxe, mac, lab)
     };
     pxe.restart().await;
     let vm = lab.vm(mac, Firmware::Bios);
-    vm.wait_for_serial(&booted(&marker), BOOT_PATIENCE).unwrap_or_else(|log| panic!("{log}"));
-    let second = discovery_address(&pxe, mac, &lab);
+    vm.wait_for_serial(&booted(marker), BOOT_PATIENCE).unwrap_or_else(|log| panic!("{log}"));
+    let second = discovery_address(&pxe, mac, lab);
     assert_eq!(first, second, "the same MAC must get the same lease after a restart");
 
     // Another unknown machine never gets that address.
     let other = "52:54:00:cc:00:02";
     let vm = lab.vm(other, Firmware::Bios);
-    vm.wait_for_serial(&booted(&marker), BOOT_PATIENCE).unwrap_or_else(|log| panic!("{log}"));
-    assert_ne!(discovery_address(&pxe, other, &lab), first);
+    vm.wait_for_serial(&booted(marker), BOOT_PATIENCE).unwrap_or_else(|log| panic!("{log}"));
+    assert_ne!(discovery_address(&pxe, other, lab), first);
 }
 
 /// The address of the last ACK for `mac`, checked to be in the discovery range.

@@ -7,11 +7,12 @@ use super::model::{Mac, Snapshot};
 use super::script::{self, DiscoveryImage};
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use std::io::SeekFrom;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Component, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -49,7 +50,9 @@ pub fn router(state: HttpState) -> Router {
 
 /// Serves until `shutdown`.
 pub async fn serve(listener: TcpListener, state: HttpState, shutdown: CancellationToken) -> std::io::Result<()> {
-    axum::serve(listener, router(state)).with_graceful_shutdown(async move { shutdown.cancelled().await }).await
+    axum::serve(listener, router(state).into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
 }
 
 async fn readyz(State(state): State<HttpState>) -> Response {
@@ -71,7 +74,12 @@ fn refuse(state: &HttpState, route: &'static str, status: StatusCode, reason: St
     (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], format!("{reason}\n")).into_response()
 }
 
-async fn boot_script(State(state): State<HttpState>, Path(file): Path<String>, headers: HeaderMap) -> Response {
+async fn boot_script(
+    State(state): State<HttpState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(file): Path<String>,
+    headers: HeaderMap,
+) -> Response {
     let Some(mac) = file.strip_suffix(".ipxe").and_then(Mac::parse) else {
         return refuse(
             &state,
@@ -103,7 +111,11 @@ async fn boot_script(State(state): State<HttpState>, Path(file): Path<String>, h
         },
     };
     let snapshot = state.snapshot.borrow().clone();
-    match script::render(mac, &snapshot, &state.discovery, &base) {
+    let client = match peer.ip() {
+        IpAddr::V4(ip) => Some(ip),
+        IpAddr::V6(ip) => ip.to_ipv4_mapped(),
+    };
+    match script::render(mac, client, &snapshot, &state.discovery, &base) {
         Ok(rendered) => {
             state.metrics.http_request("script", 200);
             tracing::info!(

@@ -12,6 +12,7 @@
 use super::model::{Mac, NodeBoot, Snapshot};
 use crate::api::node::{InspectionMode, NodePhase};
 use std::fmt::Write as _;
+use std::net::Ipv4Addr;
 
 /// Where the discovery (and deploy) ramdisk lives.
 #[derive(Clone, Debug, Default)]
@@ -61,10 +62,18 @@ pub struct Rendered {
     pub script: String,
 }
 
-/// Renders the script for `mac`. `base` is the HTTP origin the client used
-/// (e.g. `http://10.0.0.1:8081`); relative asset paths are served under
+/// Renders the script for `mac`, asked for from `client` (the address it
+/// fetched the script from, which picks the Network whose discovery setting
+/// applies). `base` is the HTTP origin the client used (e.g.
+/// `http://10.0.0.1:8081`); relative asset paths are served under
 /// `<base>/assets/`.
-pub fn render(mac: Mac, snapshot: &Snapshot, discovery: &DiscoveryImage, base: &str) -> Result<Rendered, Refusal> {
+pub fn render(
+    mac: Mac,
+    client: Option<Ipv4Addr>,
+    snapshot: &Snapshot,
+    discovery: &DiscoveryImage,
+    base: &str,
+) -> Result<Rendered, Refusal> {
     if let Some(claimants) = snapshot.duplicate(&mac) {
         return Err(Refusal {
             status: 409,
@@ -75,12 +84,18 @@ pub fn render(mac: Mac, snapshot: &Snapshot, discovery: &DiscoveryImage, base: &
         });
     }
     let Some(node) = snapshot.node(&mac) else {
-        if !snapshot.discovery_allowed() {
+        // The client's own network decides; a client outside every Network
+        // (behind a router, say) is booted if any network allows discovery.
+        let network = client.and_then(|ip| snapshot.network_containing(ip));
+        let allowed = network.map_or_else(|| snapshot.discovery_allowed(), |n| n.allow_discovery);
+        if !allowed {
+            let which = match network {
+                Some(network) => format!("Network {} does not allow discovery", network.key()),
+                None => "no Network allows discovery".to_string(),
+            };
             return Err(Refusal {
                 status: 404,
-                reason: format!(
-                    "no BareMetalNode has boot MAC {mac}, and no Network allows discovery (spec.dhcp.allowDiscovery)"
-                ),
+                reason: format!("no BareMetalNode has boot MAC {mac}, and {which} (spec.dhcp.allowDiscovery)"),
             });
         }
         let script = ramdisk(mac, None, "discover", discovery, base)?;
@@ -255,7 +270,7 @@ mod tests {
     fn a_boot_profile_boots_its_kernel_initrd_and_cmdline_with_the_nodes_identity() {
         let nodes = [node("n1", MAC, |n| n.spec.boot_profile = Some(profile()))];
         let snapshot = Snapshot::build(&nodes, &[network(false)]);
-        let rendered = render(mac(), &snapshot, &discovery(), BASE).unwrap();
+        let rendered = render(mac(), None, &snapshot, &discovery(), BASE).unwrap();
         assert_eq!(rendered.action, Action::Profile);
         assert_eq!(rendered.node.as_deref(), Some("lab/n1"));
         let s = rendered.script;
@@ -276,7 +291,7 @@ mod tests {
                 ..Default::default()
             });
         })];
-        let rendered = render(mac(), &Snapshot::build(&provisioned, &[]), &discovery(), BASE).unwrap();
+        let rendered = render(mac(), None, &Snapshot::build(&provisioned, &[]), &discovery(), BASE).unwrap();
         assert_eq!(rendered.action, Action::Exit);
         assert!(rendered.script.contains("Provisioned; booting from its disk\nexit\n"), "{}", rendered.script);
 
@@ -284,7 +299,7 @@ mod tests {
             n.spec.boot_profile = Some(profile());
             n.spec.maintenance = true;
         })];
-        let rendered = render(mac(), &Snapshot::build(&maintenance, &[]), &discovery(), BASE).unwrap();
+        let rendered = render(mac(), None, &Snapshot::build(&maintenance, &[]), &discovery(), BASE).unwrap();
         assert_eq!(rendered.action, Action::Exit);
         assert!(rendered.script.contains("maintenance"), "{}", rendered.script);
     }
@@ -298,7 +313,7 @@ mod tests {
             format: Default::default(),
         };
         let nodes = [node("n1", MAC, |n| n.spec.image = Some(image))];
-        let rendered = render(mac(), &Snapshot::build(&nodes, &[]), &discovery(), BASE).unwrap();
+        let rendered = render(mac(), None, &Snapshot::build(&nodes, &[]), &discovery(), BASE).unwrap();
         assert_eq!(rendered.action, Action::Deploy);
         assert!(rendered.script.contains(
             "http://10.0.0.1:8081/assets/discovery/vmlinuz initrd=initrd.img console=ttyS0 girder.mode=deploy"
@@ -312,27 +327,39 @@ mod tests {
                 ..Default::default()
             });
         })];
-        let rendered = render(mac(), &Snapshot::build(&nodes, &[]), &discovery(), BASE).unwrap();
+        let rendered = render(mac(), None, &Snapshot::build(&nodes, &[]), &discovery(), BASE).unwrap();
         assert_eq!(rendered.action, Action::Inspect);
 
         let nodes = [node("n1", MAC, |_| {})];
-        let rendered = render(mac(), &Snapshot::build(&nodes, &[]), &discovery(), BASE).unwrap();
+        let rendered = render(mac(), None, &Snapshot::build(&nodes, &[]), &discovery(), BASE).unwrap();
         assert_eq!(rendered.action, Action::Exit);
     }
 
     #[test]
     fn unknown_macs_get_discovery_only_where_a_network_allows_it() {
-        let refused = render(mac(), &Snapshot::build(&[], &[network(false)]), &discovery(), BASE).err().unwrap();
+        let refused = render(mac(), None, &Snapshot::build(&[], &[network(false)]), &discovery(), BASE).err().unwrap();
         assert_eq!(refused.status, 404);
         assert!(refused.reason.contains("no BareMetalNode has boot MAC 52:54:00:12:34:56"), "{}", refused.reason);
         assert!(refused.reason.contains("allowDiscovery"), "{}", refused.reason);
 
-        let rendered = render(mac(), &Snapshot::build(&[], &[network(true)]), &discovery(), BASE).unwrap();
+        let rendered = render(mac(), None, &Snapshot::build(&[], &[network(true)]), &discovery(), BASE).unwrap();
         assert_eq!(rendered.action, Action::Discovery);
+
+        // The client's own network decides, and is named.
+        let mut closed = network(false);
+        closed.metadata.name = Some("closed".into());
+        closed.spec.cidr = Some("10.9.0.0/24".into());
+        let both = Snapshot::build(&[], &[network(true), closed]);
+        let inside_closed = Some(Ipv4Addr::new(10, 9, 0, 7));
+        let refused = render(mac(), inside_closed, &both, &discovery(), BASE).err().unwrap();
+        assert!(refused.reason.contains("Network lab/closed does not allow discovery"), "{}", refused.reason);
+        let inside_open = Some(Ipv4Addr::new(10, 0, 0, 7));
+        assert!(render(mac(), inside_open, &both, &discovery(), BASE).is_ok());
         assert!(rendered.script.contains("girder.mode=discover"));
 
-        let refused =
-            render(mac(), &Snapshot::build(&[], &[network(true)]), &DiscoveryImage::default(), BASE).err().unwrap();
+        let refused = render(mac(), None, &Snapshot::build(&[], &[network(true)]), &DiscoveryImage::default(), BASE)
+            .err()
+            .unwrap();
         assert_eq!(refused.status, 404);
         assert!(refused.reason.contains("--discovery-kernel"), "{}", refused.reason);
     }
@@ -340,7 +367,7 @@ mod tests {
     #[test]
     fn a_mac_claimed_twice_is_not_booted() {
         let nodes = [node("a", MAC, |_| {}), node("b", &MAC.to_uppercase(), |_| {})];
-        let refused = render(mac(), &Snapshot::build(&nodes, &[]), &discovery(), BASE).err().unwrap();
+        let refused = render(mac(), None, &Snapshot::build(&nodes, &[]), &discovery(), BASE).err().unwrap();
         assert_eq!(refused.status, 409);
         assert!(refused.reason.contains("lab/a and lab/b"), "{}", refused.reason);
     }
@@ -350,7 +377,7 @@ mod tests {
         let nodes = [node("n1", MAC, |n| {
             n.spec.boot_profile = Some(BootProfile { cmdline: "quiet\nshell".into(), ..profile() });
         })];
-        let rendered = render(mac(), &Snapshot::build(&nodes, &[]), &discovery(), BASE).unwrap();
+        let rendered = render(mac(), None, &Snapshot::build(&nodes, &[]), &discovery(), BASE).unwrap();
         assert!(!rendered.script.lines().any(|l| l == "shell"), "{}", rendered.script);
     }
 }
