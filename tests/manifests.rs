@@ -187,3 +187,53 @@ async fn helm_install_and_a_second_server_side_apply_changes_nothing() {
         "clusterrole,clusterrolebinding",
     ]));
 }
+
+/// The overlay `config/README.md` shows for the PXE sidecar renders as it says:
+/// host network, the `pxe` container with the interface patched in, and the
+/// assets and lease-journal volumes. The chart's `pxe.*` values do the same.
+#[test]
+fn the_pxe_sidecar_overlay_and_chart_values_render() {
+    let readme = std::fs::read_to_string(repo_root().join("config/README.md")).unwrap();
+    let start = readme.find("# my-site/kustomization.yaml\n").expect("the overlay example in config/README.md");
+    let body = &readme[start..];
+    let body = &body[..body.find("```").expect("end of the example")];
+    // The example sits next to config/; here it sits in target/, two levels deeper.
+    let dir = repo_root().join(format!("target/pxe-overlay-{}/my-site", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("kustomization.yaml"), body.replace("../config/", "../../../config/")).unwrap();
+    let rendered = run_ok(kubectl().args(["kustomize", dir.to_str().unwrap()]));
+    let _ = std::fs::remove_dir_all(dir.parent().unwrap());
+    let check = |rendered: &str, interface: &str| {
+        let deployment = rendered
+            .split("\n---\n")
+            .map(|doc| serde_yaml::from_str::<serde_json::Value>(doc).unwrap_or_default())
+            .find(|doc| doc["kind"] == "Deployment")
+            .expect("a Deployment");
+        let spec = &deployment["spec"]["template"]["spec"];
+        assert_eq!(spec["hostNetwork"], true);
+        let containers = spec["containers"].as_array().unwrap();
+        let pxe = containers.iter().find(|c| c["name"] == "pxe").expect("a pxe container");
+        assert_eq!(pxe["args"][0], "pxe");
+        let env = pxe["env"].as_array().unwrap();
+        assert!(
+            env.iter().any(|e| e["name"] == "GIRDER_PXE_INTERFACES" && e["value"] == interface),
+            "GIRDER_PXE_INTERFACES={interface}: {env:?}"
+        );
+        let mounts: Vec<&str> =
+            pxe["volumeMounts"].as_array().unwrap().iter().filter_map(|m| m["name"].as_str()).collect();
+        assert_eq!(mounts, ["pxe-assets", "pxe-state"]);
+        let volumes = spec["volumes"].as_array().unwrap();
+        assert!(volumes.iter().any(|v| v["hostPath"]["path"] == "/var/lib/girder/pxe"), "{volumes:?}");
+    };
+    check(&rendered, "eno2");
+    let chart = run_ok(helm().args([
+        "template",
+        "girder",
+        "charts/girder",
+        "--set",
+        "pxe.enabled=true",
+        "--set",
+        "pxe.interfaces={eno2,eno3}",
+    ]));
+    check(&chart, "eno2,eno3");
+}
