@@ -434,3 +434,71 @@ print(len(packets))
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0)
 }
+
+/// A segment behind a router: the VM's DHCP goes through a relay agent
+/// (dnsmasq's `--dhcp-relay`) that sets giaddr; girder picks the Network by
+/// giaddr, answers the relay, and the VM boots over the routed path.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_relayed_segment_gets_addresses_from_the_network_its_relay_names() {
+    let mac = "52:54:00:cf:00:01";
+    let Setup { ns, lab, state, marker, .. } = &setup("relay", 205, "{mode: Managed}", None).await;
+    let remote = format!("10.{}.1", lab.subnet);
+    apply_yaml(
+        &ns.name,
+        &format!(
+            r#"apiVersion: girder.dev/v1alpha1
+kind: Network
+metadata:
+  name: remote
+spec:
+  cidr: {remote}.0/24
+  gateway: {remote}.1
+  ranges:
+    - {{name: nodes, type: static, start: {remote}.10, end: {remote}.49}}
+  dhcp: {{mode: Managed}}
+"#
+        ),
+    );
+    apply_yaml(&ns.name, &node_yaml("vm1", mac, "remote", marker));
+    let _operator = operator(&ns.name);
+    let address = allocation(&ns.name, "remote", "vm1").await;
+
+    // The namespace routes between br0 (girder's segment, .0.254) and br1
+    // (the remote segment, .1.1), and relays DHCP from br1 to girder.
+    let router = lab.addr(254);
+    for args in [
+        vec!["addr", "add", &format!("{router}/24"), "dev", "br0"],
+        vec!["link", "add", "br1", "type", "bridge", "forward_delay", "0"],
+        vec!["addr", "add", &format!("{remote}.1/24"), "dev", "br1"],
+        vec!["link", "set", "br1", "up"],
+        vec!["-6", "addr", "add", &format!("fd00:{}:1::1/64", lab.subnet), "dev", "br1", "nodad"],
+    ] {
+        lab.ns_ip(&args).unwrap_or_else(|e| panic!("{e}"));
+    }
+    support::pxe_lab::run(lab.ns_command("sysctl").args(["-qw", "net.ipv4.ip_forward=1"]))
+        .unwrap_or_else(|e| panic!("{e}"));
+    // This host reaches the remote segment through the lab's router; the
+    // route goes with the lab's veth.
+    support::pxe_lab::run(Command::new("ip").args(["route", "add", &format!("{remote}.0/24"), "via", &router]))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut relay = lab.ns_command("dnsmasq");
+    relay
+        .args(["--no-daemon", "--conf-file=/dev/null", "--port=0", "--pid-file=", "--log-facility=-"])
+        .args(["--interface=br1", "--log-dhcp"])
+        .arg(format!("--dhcp-relay={remote}.1,{}", lab.host_ip()))
+        // Router adverts on the remote segment too, as on br0.
+        .args(["--enable-ra", &format!("--dhcp-range=fd00:{}:1::,ra-only,64", lab.subnet)]);
+    let _relay = support::pxe_lab::Daemon::start("relay", relay, &lab.dir.0.join("relay.log"), "relay");
+
+    let mut pxe = Pxe::start(&ns.name, Some(lab), &state.0, &[]);
+    pxe.wait_ready().await;
+    let vm = lab.vm_on("br1", mac, Firmware::Bios);
+    vm.wait_for_serial(&booted(marker), BOOT_PATIENCE).unwrap_or_else(|log| panic!("VM did not boot:\n{log}"));
+
+    let acks = pxe.log_lines("DHCP ACK", mac);
+    assert!(!acks.is_empty(), "no DHCP ACK for {mac}:\n{}", pxe.logs());
+    for ack in &acks {
+        assert_eq!(ack["address"], address.as_str(), "{ack}");
+        assert_eq!(ack["network"], format!("{}/remote", ns.name), "picked by giaddr: {ack}");
+    }
+}

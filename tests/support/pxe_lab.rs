@@ -247,13 +247,18 @@ impl Lab {
     /// Starts a VM on the bridge that boots from its NIC (MAC `mac`). Its serial
     /// console goes to a file ([`Vm::wait_for_serial`]).
     pub fn vm(&self, mac: &str, firmware: Firmware) -> Vm {
+        self.vm_on(BRIDGE, mac, firmware)
+    }
+
+    /// [`Lab::vm`] on another bridge of the namespace (a segment behind a relay, say).
+    pub fn vm_on(&self, bridge: &str, mac: &str, firmware: Firmware) -> Vm {
         let n = self.taps.fetch_add(1, Ordering::Relaxed);
         let tap = format!("tap{n}");
         let dir = self.dir.0.join(format!("vm{n}"));
         std::fs::create_dir_all(&dir).expect("vm dir");
         let setup = || -> Result<(), String> {
             self.ns_ip(&["tuntap", "add", "dev", &tap, "mode", "tap"])?;
-            self.ns_ip(&["link", "set", &tap, "master", BRIDGE])?;
+            self.ns_ip(&["link", "set", &tap, "master", bridge])?;
             self.ns_ip(&["link", "set", &tap, "up"])?;
             Ok(())
         };
