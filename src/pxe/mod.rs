@@ -296,9 +296,8 @@ async fn publish(
         _ = async { tokio::join!(nodes.wait_until_ready(), networks.wait_until_ready()) } => {}
     }
     loop {
-        let node_list: Vec<BareMetalNode> = nodes.state().iter().map(|n| (**n).clone()).collect();
-        let network_list: Vec<Network> = networks.state().iter().map(|n| (**n).clone()).collect();
-        let snapshot = Snapshot::build(&node_list, &network_list);
+        let (node_list, network_list) = (nodes.state(), networks.state());
+        let snapshot = Snapshot::build(node_list.iter().map(|n| n.as_ref()), network_list.iter().map(|n| n.as_ref()));
         for (mac, claimants) in &snapshot.duplicate_macs {
             tracing::warn!(mac = %mac, nodes = %claimants.join(", "), "boot MAC claimed by several nodes; not booting it");
         }

@@ -136,12 +136,18 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    pub fn build(nodes: &[BareMetalNode], networks: &[Network]) -> Snapshot {
+    /// From the API objects (slices, or the `Arc`s of a reflector store).
+    pub fn build<'a, N, W>(nodes: N, networks: W) -> Snapshot
+    where
+        N: IntoIterator<Item = &'a BareMetalNode>,
+        W: IntoIterator<Item = &'a Network>,
+    {
+        let networks: Vec<&Network> = networks.into_iter().collect();
         let mut allocations: HashMap<(String, String), Vec<(String, Ipv4Addr)>> = HashMap::new();
-        for (namespace, network, node, addr) in ipv4_allocations(networks) {
+        for (namespace, network, node, addr) in ipv4_allocations(&networks) {
             allocations.entry((namespace, node)).or_default().push((network, addr));
         }
-        let networks: Vec<NetworkView> = networks.iter().filter_map(network_view).collect();
+        let networks: Vec<NetworkView> = networks.iter().copied().filter_map(network_view).collect();
         let mut by_mac: HashMap<Mac, Vec<NodeBoot>> = HashMap::new();
         for node in nodes {
             let Some(mac) = node.spec.boot_mac_address.as_deref().and_then(Mac::parse) else { continue };
@@ -204,7 +210,7 @@ impl Snapshot {
 
 /// (namespace, network, node, address) for every IPv4 allocation in the
 /// Networks' status.
-fn ipv4_allocations(networks: &[Network]) -> impl Iterator<Item = (String, String, String, Ipv4Addr)> + '_ {
+fn ipv4_allocations<'a>(networks: &'a [&Network]) -> impl Iterator<Item = (String, String, String, Ipv4Addr)> + 'a {
     networks.iter().flat_map(|network| {
         let namespace = network.namespace().unwrap_or_default();
         let name = network.name_any();
