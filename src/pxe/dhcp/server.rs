@@ -178,9 +178,16 @@ impl Worker {
             };
             let (len, source) = match received {
                 Ok(received) => received,
+                // An ICMP error from an earlier send surfaces here once; anything
+                // else (the interface went away...) may repeat, so wait before
+                // trying again rather than spin.
+                Err(error) if error.kind() == std::io::ErrorKind::ConnectionRefused => continue,
                 Err(error) => {
-                    tracing::warn!(%error, server = %self.received.server, "DHCP receive failed");
-                    continue;
+                    tracing::warn!(%error, server = %self.received.server, "DHCP receive failed; retrying in 1 s");
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    }
                 }
             };
             let SocketAddr::V4(source) = source else { continue };
