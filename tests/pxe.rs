@@ -286,25 +286,40 @@ async fn managed_mode_chains_a_uefi_vm_through_tftp_to_ipxe_and_its_script() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn proxy_mode_boots_next_to_the_sites_own_dhcp_server() {
-    let mac = "52:54:00:cb:00:01";
-    let Setup { ns, lab, state, marker, .. } = &setup("proxy", 203, "{mode: Proxy}", Some(mac)).await;
+async fn proxy_mode_boots_a_bios_vm_next_to_the_sites_own_dhcp_server() {
+    proxy_boot("proxy", 203, "52:54:00:cb:00:01", Firmware::Bios).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn proxy_mode_boots_a_uefi_vm_next_to_the_sites_own_dhcp_server() {
+    proxy_boot("proxy-uefi", 206, "52:54:00:cb:00:02", Firmware::Uefi).await;
+}
+
+/// The site's DHCP (dnsmasq with no PXE options) gives the address; girder,
+/// in Proxy mode, only the boot file.
+async fn proxy_boot(name: &str, subnet: u8, mac: &str, firmware: Firmware) {
+    let Setup { ns, lab, state, marker, .. } = &setup(name, subnet, "{mode: Proxy}", Some(mac)).await;
     // The site's DHCP hands out .100-.150 and knows nothing of PXE.
     let site = lab.site_dnsmasq((&lab.addr(100), &lab.addr(150)));
 
     let mut pxe = Pxe::start(&ns.name, Some(lab), &state.0, &[]);
     pxe.wait_ready().await;
 
-    let vm = lab.vm(mac, Firmware::Bios);
+    let vm = lab.vm(mac, firmware);
     vm.wait_for_serial(&booted(marker), BOOT_PATIENCE).unwrap_or_else(|log| panic!("VM did not boot:\n{log}"));
 
     // The address came from the site's server, the boot file from girder.
     let site_log = site.logs();
-    assert!(site_log.contains(&format!("DHCPACK(br0) 10.{}.0.1", lab.subnet)) && site_log.contains(mac), "{site_log}");
+    let leased = format!("DHCPACK(br0) 10.{}.0.1", lab.subnet);
+    assert!(site_log.lines().any(|l| l.contains(&leased) && l.contains(mac)), "{site_log}");
     assert!(pxe.log_lines("DHCP ACK", mac).is_empty(), "girder must not lease in Proxy mode:\n{}", pxe.logs());
     let offers = pxe.log_lines("ProxyDHCP offer", mac);
     assert!(!offers.is_empty(), "no ProxyDHCP offer:\n{}", pxe.logs());
     assert!(pxe.metric("girder_pxe_http_requests_total{route=\"script\",code=\"200\"}") >= 1.0);
+    if firmware == Firmware::Uefi {
+        // OVMF's PXE client took ipxe.efi over TFTP on girder's word alone.
+        assert!(pxe.metric("girder_pxe_tftp_transfers_total{result=\"complete\"}") >= 1.0, "{}", pxe.logs());
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
