@@ -158,6 +158,18 @@ async fn twenty_nodes_reach_available_with_inventory_and_power_follows_the_spec(
     wait_emulator_power(&sushy, 3, "Off").await;
     assert_eq!(emulator_power(&sushy, 4).await, "Off", "other systems are left alone");
 
+    // Power polls reuse each node's BMC client while the credentials Secret
+    // is unchanged (the metadata watch says so): no Secret read per poll.
+    let reads = operator.metric("girder_credentials_reads_total").unwrap_or(0.0);
+    let polls = operator.metric("girder_bmc_calls_total{call=\"power_state\"}").unwrap_or(0.0);
+    wait_for("three more rounds of power polls", || {
+        let now = operator.metric("girder_bmc_calls_total{call=\"power_state\"}").unwrap_or(0.0);
+        async move { (now >= polls + 60.0).then_some(()) }
+    })
+    .await;
+    assert_eq!(operator.metric("girder_credentials_reads_total").unwrap_or(0.0), reads, "Secret reads during polls");
+    assert!(reads >= 20.0, "each node's client was made from a read of the Secret: {reads}");
+
     // Power actions are recorded as events; no password anywhere.
     let events = run_ok(kubectl().args(["get", "events.events.k8s.io", "-n", &ns.name, "-o", "json"]));
     assert!(events.contains("PowerOn") && events.contains("PowerOff"), "{events}");
@@ -214,6 +226,7 @@ async fn wrong_credentials_wait_for_the_secret_to_change() {
         .unwrap();
     let node = node_where(&client, &ns.name, "node-00", "Available after the fix", is_available).await;
     assert!(node.status.unwrap().error.is_none());
+
     assert!(!operator.logs().contains(PASSWORD) && !operator.logs().contains("not-the-password"));
 }
 

@@ -50,6 +50,17 @@ struct NodeContext {
     settings: NodeSettings,
     /// One BMC client per node, kept between reconciles (it holds the session).
     clients: tokio::sync::Mutex<HashMap<String, CachedBmc>>,
+    /// The credentials Secrets' metadata, from the watch: while a Secret's
+    /// resourceVersion is the one a client was made with, it is not read again.
+    secrets: reflector::Store<PartialObjectMeta<Secret>>,
+}
+
+/// How a reconcile reaches the BMC.
+enum Connection {
+    /// The cached client, made from the Secret version the watch shows now.
+    Cached(Arc<dyn Bmc>),
+    /// A client to make (or the cached one, if its fingerprint still matches).
+    New { credentials: Credentials, options: BmcOptions },
 }
 
 struct CachedBmc {
@@ -211,6 +222,23 @@ impl NodeContext {
             .await
             .insert(node_key.to_string(), CachedBmc { fingerprint: fingerprint.to_string(), bmc: bmc.clone() });
         Ok(bmc)
+    }
+
+    /// The node's cached client, when it was made from the same address, TLS
+    /// choice and Secret version as the watch shows now: then the Secret need
+    /// not be read (every power poll would otherwise cost an API request).
+    async fn cached(
+        &self,
+        node_key: &str,
+        namespace: &str,
+        bmc: &BmcSpec,
+        address: &BmcAddress,
+    ) -> Option<(Arc<dyn Bmc>, String)> {
+        let secret = self.secrets.get(&ObjectRef::new(&bmc.credentials_secret_ref.name).within(namespace))?;
+        let (_, fingerprint) = self.connection(bmc, address, secret.resource_version().as_deref()?);
+        let clients = self.clients.lock().await;
+        let cached = clients.get(node_key).filter(|c| c.fingerprint == fingerprint)?;
+        Some((cached.bmc.clone(), fingerprint))
     }
 
     /// Closes and forgets the node's client (the BMC keeps no session of ours).
@@ -375,18 +403,26 @@ async fn lifecycle(
             return Ok(Action::await_change());
         }
     };
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
-    let secret_name = &bmc_spec.credentials_secret_ref.name;
-    let (credentials, secret_version) = match read_credentials(&secrets, secret_name).await {
-        Ok(found) => found,
-        Err(problem) => {
-            fail(&mut status, "RegistrationError", (Failure::Secret, problem.reason(), &problem.to_string()));
-            write_status(nc, api, node, &mut shown, &status).await?;
-            // The Secret watch brings the node back as soon as it changes.
-            return Ok(Action::requeue(ctx.backoff.failed(node_key)));
+    let (connection, fingerprint) = match nc.cached(node_key, namespace, bmc_spec, &address).await {
+        Some((bmc, fingerprint)) => (Connection::Cached(bmc), fingerprint),
+        None => {
+            let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+            ctx.metrics.credentials_read();
+            let (credentials, secret_version) = match read_credentials(&secrets, &bmc_spec.credentials_secret_ref.name)
+                .await
+            {
+                Ok(found) => found,
+                Err(problem) => {
+                    fail(&mut status, "RegistrationError", (Failure::Secret, problem.reason(), &problem.to_string()));
+                    write_status(nc, api, node, &mut shown, &status).await?;
+                    // The Secret watch brings the node back as soon as it changes.
+                    return Ok(Action::requeue(ctx.backoff.failed(node_key)));
+                }
+            };
+            let (options, fingerprint) = nc.connection(bmc_spec, &address, &secret_version);
+            (Connection::New { credentials, options }, fingerprint)
         }
     };
-    let (options, fingerprint) = nc.connection(bmc_spec, &address, &secret_version);
     // Register anew when the address, credentials or TLS choice changed since
     // this process connected; after a restart the phase in status stands.
     let changed = nc.clients.lock().await.get(node_key).is_some_and(|c| c.fingerprint != fingerprint);
@@ -397,8 +433,7 @@ async fn lifecycle(
         write_status(nc, api, node, &mut shown, &status).await?;
     }
 
-    let result =
-        drive(nc, node, &mut status, &address, credentials, options, node_key, &fingerprint, api, &mut shown).await;
+    let result = drive(nc, node, &mut status, &address, connection, node_key, &fingerprint, api, &mut shown).await;
     match result {
         Ok(action) => {
             status.error = None;
@@ -436,8 +471,7 @@ async fn drive(
     node: &BareMetalNode,
     status: &mut BareMetalNodeStatus,
     address: &BmcAddress,
-    credentials: Credentials,
-    options: BmcOptions,
+    connection: Connection,
     node_key: &str,
     fingerprint: &str,
     api: &Api<BareMetalNode>,
@@ -445,7 +479,12 @@ async fn drive(
 ) -> Result<Action, StepError> {
     let generation = node.metadata.generation;
     let registration = |error| StepError::Bmc { error_type: "RegistrationError", error };
-    let bmc = nc.client(node_key, fingerprint, address, credentials, options).await.map_err(registration)?;
+    let bmc = match connection {
+        Connection::Cached(bmc) => bmc,
+        Connection::New { credentials, options } => {
+            nc.client(node_key, fingerprint, address, credentials, options).await.map_err(registration)?
+        }
+    };
     let mut known_power = None;
 
     if status.phase == Some(NodePhase::Registering) {
@@ -648,9 +687,20 @@ pub async fn run(ctx: Arc<Context>, settings: NodeSettings, shutdown: Cancellati
     // thousand at once cost memory without finishing sooner.
     let controller = Controller::for_stream(changes, store.clone())
         .with_config(kube::runtime::controller::Config::default().concurrency(settings.max_concurrent_reconciles));
-    let nc = Arc::new(NodeContext { ctx, settings, clients: tokio::sync::Mutex::new(HashMap::new()) });
-    // Only Secrets' metadata is watched: a changed credentials Secret re-registers its nodes at once.
-    let secret_changes = watcher(secrets, watcher::Config::default()).default_backoff().touched_objects();
+    // Only Secrets' metadata is watched: a changed credentials Secret re-registers its nodes at once,
+    // and an unchanged one is not read again.
+    let (secret_store, secret_writer) = reflector::store();
+    let secret_changes = watcher(secrets, watcher::Config::default())
+        .default_backoff()
+        .modify(|secret| secret.meta_mut().managed_fields = None)
+        .reflect(secret_writer)
+        .touched_objects();
+    let nc = Arc::new(NodeContext {
+        ctx,
+        settings,
+        clients: tokio::sync::Mutex::new(HashMap::new()),
+        secrets: secret_store,
+    });
     controller
         .watches_stream(secret_changes, move |secret| {
             let (namespace, name) = (secret.namespace(), secret.name_any());

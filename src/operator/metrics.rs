@@ -27,6 +27,7 @@ pub struct Metrics {
     duration: Family<KindLabel, Histogram>,
     leader: Gauge,
     bmc_calls: Family<CallLabel, Counter>,
+    credentials_reads: Counter,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -45,13 +46,19 @@ impl Default for Metrics {
         });
         let leader = Gauge::default();
         let bmc_calls = Family::<CallLabel, Counter>::default();
+        let credentials_reads = Counter::default();
         registry.register("reconciles", "Reconciles that completed", reconciles.clone());
         registry.register("reconcile_failures", "Reconciles that failed, by error", failures.clone());
         registry.register("status_writes", "Status writes to the API server", status_writes.clone());
         registry.register("reconcile_duration_seconds", "Time spent in one reconcile", duration.clone());
         registry.register("leader", "1 while this replica holds the leader Lease", leader.clone());
         registry.register("bmc_calls", "Calls made to BMCs, by kind of call", bmc_calls.clone());
-        Self { registry, reconciles, failures, status_writes, duration, leader, bmc_calls }
+        registry.register(
+            "credentials_reads",
+            "BMC credentials Secrets read from the API server",
+            credentials_reads.clone(),
+        );
+        Self { registry, reconciles, failures, status_writes, duration, leader, bmc_calls, credentials_reads }
     }
 }
 
@@ -71,6 +78,10 @@ impl Metrics {
 
     pub fn bmc_call(&self, call: &'static str) {
         self.bmc_calls.get_or_create(&CallLabel { call }).inc();
+    }
+
+    pub fn credentials_read(&self) {
+        self.credentials_reads.inc();
     }
 
     pub fn set_leader(&self, leader: bool) {
