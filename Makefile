@@ -5,7 +5,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: sandbox sandbox-down test controlplane controlplane-down tools crds lint build
+.PHONY: sandbox sandbox-down test controlplane controlplane-down tools crds lint build fuzz
 
 ## Everything on one machine: control plane, operator, sample lab, live progress.
 sandbox:
@@ -39,3 +39,7 @@ lint:
 
 build:
 	$(CARGO) build --release --bin girder
+
+## Fuzz the PXE sidecar's DHCP and TFTP parsers and DHCP decision, FUZZ_SECONDS (60) per target.
+fuzz:
+	e2e/fuzz.sh
