@@ -1,11 +1,17 @@
 //! File contents for transfers. A whole file is read into memory once and shared by all
-//! transfers running at the same time (a rack booting fetches the same iPXE binary many
-//! times at once); it is dropped when the last of them ends.
+//! transfers (a rack booting fetches the same iPXE binary many times, at once and one
+//! after the other); it is kept while in use and for a while after, within a memory
+//! budget, and read again when its size or modification time changes.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, Weak};
-use std::time::SystemTime;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+/// How long an unused file stays in memory.
+const KEEP: Duration = Duration::from_secs(60);
+/// Bytes of unused files kept at most (files in use are never dropped).
+const BUDGET: u64 = 64 * 1024 * 1024;
 
 use super::Refusal;
 use super::packet::ErrorCode;
@@ -19,14 +25,17 @@ pub(crate) struct FileCache {
 struct Entry {
     len: u64,
     modified: Option<SystemTime>,
-    data: Weak<[u8]>,
+    data: Arc<[u8]>,
+    used: Instant,
 }
 
 impl FileCache {
     /// The contents of `path` (canonical), refused when it is not a regular file or is
     /// larger than `max_size`. `filename` is the name the client asked for, for messages.
     pub(crate) async fn load(&self, path: &Path, filename: &str, max_size: u64) -> Result<Arc<[u8]>, Refusal> {
-        let metadata = tokio::fs::metadata(path).await.map_err(|error| open_error(filename, &error))?;
+        // A stat of a local file takes microseconds; a hop to the blocking pool
+        // costs more than that on every request of a lock-step client.
+        let metadata = std::fs::metadata(path).map_err(|error| open_error(filename, &error))?;
         if metadata.is_dir() {
             return Err(Refusal::not_found(format!("{filename} is a directory, not a file")));
         }
@@ -47,23 +56,41 @@ impl FileCache {
             return Err(too_large(filename, len, max_size));
         }
         let data: Arc<[u8]> = bytes.into();
-        self.insert(path, Entry { len, modified, data: Arc::downgrade(&data) });
+        self.insert(path, Entry { len, modified, data: data.clone(), used: Instant::now() });
         Ok(data)
     }
 
     fn lookup(&self, path: &Path, len: u64, modified: Option<SystemTime>) -> Option<Arc<[u8]>> {
-        let entries = self.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let entry = entries.get(path)?;
+        let mut entries = self.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let entry = entries.get_mut(path)?;
         if entry.len != len || entry.modified != modified || modified.is_none() {
             return None;
         }
-        entry.data.upgrade()
+        entry.used = Instant::now();
+        Some(entry.data.clone())
     }
 
     fn insert(&self, path: &Path, entry: Entry) {
         let mut entries = self.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        entries.retain(|_, entry| entry.data.strong_count() > 0);
         entries.insert(path.to_path_buf(), entry);
+        // Files in use stay; unused ones go after KEEP, and beyond the budget the
+        // least recently used go first.
+        let now = Instant::now();
+        entries.retain(|_, e| Arc::strong_count(&e.data) > 1 || now.duration_since(e.used) < KEEP);
+        let mut unused: Vec<(Instant, PathBuf, u64)> = entries
+            .iter()
+            .filter(|(_, e)| Arc::strong_count(&e.data) == 1)
+            .map(|(path, e)| (e.used, path.clone(), e.len))
+            .collect();
+        let mut kept: u64 = unused.iter().map(|(_, _, len)| len).sum();
+        unused.sort();
+        for (_, path, len) in unused {
+            if kept <= BUDGET {
+                break;
+            }
+            entries.remove(&path);
+            kept -= len;
+        }
     }
 }
 
@@ -111,6 +138,15 @@ mod tests {
         let second = cache.load(&file, "ipxe.efi", 100).await.expect("load again");
         assert!(Arc::ptr_eq(&first, &second), "a file in use is read once");
         assert_eq!(&first[..], b"0123456789");
+        drop((first, second));
+        let third = cache.load(&file, "ipxe.efi", 100).await.expect("load after use");
+        assert_eq!(&third[..], b"0123456789", "kept for the next transfer");
+        // A changed file is read again.
+        std::thread::sleep(Duration::from_millis(20));
+        let file = dir.write("ipxe.efi", b"changed, and longer");
+        let fourth = cache.load(&file, "ipxe.efi", 100).await.expect("load the new content");
+        assert_eq!(&fourth[..], b"changed, and longer");
+        assert!(!Arc::ptr_eq(&third, &fourth));
 
         let too_large = cache.load(&file, "ipxe.efi", 9).await.expect_err("too large");
         assert_eq!(too_large.code, ErrorCode::DiskFull);

@@ -34,7 +34,8 @@ pub(crate) fn relative_path(filename: &str) -> Result<PathBuf, Refusal> {
 /// `symlink_targets` (canonical too).
 pub(crate) async fn resolve(root: &Path, symlink_targets: &[PathBuf], filename: &str) -> Result<PathBuf, Refusal> {
     let candidate = root.join(relative_path(filename)?);
-    let canonical = match tokio::fs::canonicalize(&candidate).await {
+    // Local path resolution, synchronously: cheaper than a hop to the blocking pool.
+    let canonical = match std::fs::canonicalize(&candidate) {
         Ok(canonical) => canonical,
         Err(error) => return Err(open_error(filename, &error)),
     };
