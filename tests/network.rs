@@ -305,9 +305,20 @@ async fn exhaustion_is_reported_without_a_reconcile_loop_and_clears() {
         .unwrap_or_default();
     assert!(message.contains("network tiny"), "{message}");
 
-    // Settled: nothing keeps reconciling or writing.
+    // Settled: nothing keeps reconciling or writing. Other controllers (the
+    // node lifecycle's own status) may still be finishing their first writes:
+    // wait until a second passes without one (a loop never gets there), then
+    // watch five seconds more.
     let reconciles = || operator.metric("girder_reconciles_total").unwrap_or(0.0);
     let writes = || operator.metric("girder_status_writes_total").unwrap_or(0.0);
+    wait_for("status writes to stop", || {
+        let before = writes();
+        async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            (writes() == before).then_some(())
+        }
+    })
+    .await;
     let (reconciles_before, writes_before) = (reconciles(), writes());
     tokio::time::sleep(Duration::from_secs(5)).await;
     let (reconciles_after, writes_after) = (reconciles(), writes());

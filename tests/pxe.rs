@@ -11,8 +11,10 @@ mod support;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use support::pxe_lab::{BOOT_PATIENCE, Firmware, IPXE_DIR, Lab, LabDir, pxe_assets};
-use support::{Operator, OperatorOptions, TestNamespace, apply_yaml, client, free_port, install_crds, wait_for};
+use support::pxe_lab::{BOOT_PATIENCE, Firmware, IPXE_DIR, Lab, pxe_assets};
+use support::{
+    Operator, OperatorOptions, TempDir, TestNamespace, apply_yaml, client, free_port, install_crds, wait_for,
+};
 
 /// A running `girder pxe`, killed when dropped.
 struct Pxe {
@@ -207,7 +209,7 @@ struct Setup {
     ns: TestNamespace,
     lab: Lab,
     _ra: support::pxe_lab::Daemon,
-    state: LabDir,
+    state: TempDir,
     marker: String,
 }
 
@@ -223,7 +225,7 @@ async fn setup(name: &str, subnet: u8, dhcp: &str, node_mac: Option<&str>) -> Se
     if let Some(mac) = node_mac {
         apply_yaml(&ns.name, &node_yaml("vm1", mac, "prov", &marker));
     }
-    let state = LabDir::new(&format!("girder-pxe-state-{name}"));
+    let state = TempDir::new(&format!("girder-pxe-state-{name}"));
     Setup { ns, lab, _ra: ra, state, marker }
 }
 
@@ -368,7 +370,7 @@ async fn http_says_why_it_refuses_and_serves_ranges_and_head() {
     let ns = TestNamespace::new(&client, "pxe-http").await;
     let mac = "52:54:00:cd:00:01";
     apply_yaml(&ns.name, &node_yaml("vm1", mac, "prov", "x"));
-    let state = LabDir::new("girder-pxe-state-http");
+    let state = TempDir::new("girder-pxe-state-http");
     let mut pxe = Pxe::start(&ns.name, None, &state.0, &[]);
     pxe.wait_ready().await;
     let base = format!("http://{}", pxe.http);

@@ -1,8 +1,8 @@
 //! OpenIPMI's `ipmi_sim` as a test peer, started through `e2e/ipmi.sh`, with
 //! `ipmitool -I lanplus` as the reference client, on loopback only.
 
+use super::TempDir;
 use super::repo_root;
-use super::sushy::TempDir;
 use girder::bmc::ipmi::IpmiClient;
 use girder::bmc::{BmcAddress, BmcOptions, Credentials, PowerState};
 use std::process::{Command, Output, Stdio};

@@ -258,6 +258,29 @@ impl Drop for Operator {
 }
 
 /// A file in the temporary directory, removed when dropped.
+/// A directory of its own (logs, state, certificates), removed when dropped;
+/// kept when the test fails, or when GIRDER_KEEP_TEST_FILES is set, so that
+/// what is in it can be read.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(prefix: &str) -> Self {
+        let path = std::env::temp_dir().join(format!("{prefix}-{:08x}", rand::random::<u32>()));
+        std::fs::create_dir_all(&path).expect("create temp dir");
+        TempDir(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if std::thread::panicking() || std::env::var_os("GIRDER_KEEP_TEST_FILES").is_some() {
+            eprintln!("test files kept in {}", self.0.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
 pub struct TempFile(pub PathBuf);
 
 impl TempFile {

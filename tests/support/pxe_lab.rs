@@ -18,6 +18,7 @@
 //! otherwise ([`accel`]). Each test names its own lab and picks its own subnet,
 //! so tests run in parallel.
 
+use super::TempDir;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -111,28 +112,6 @@ fn ip(args: &[&str]) -> Result<String, String> {
     run(Command::new("ip").args(args))
 }
 
-/// A directory of the lab's files (logs, leases, firmware variables); kept when
-/// the test fails, or when GIRDER_PXE_KEEP_LOGS is set, so that its logs can be read.
-pub struct LabDir(pub PathBuf);
-
-impl LabDir {
-    pub fn new(prefix: &str) -> Self {
-        let path = std::env::temp_dir().join(format!("{prefix}-{:08x}", rand::random::<u32>()));
-        std::fs::create_dir_all(&path).expect("create lab dir");
-        LabDir(path)
-    }
-}
-
-impl Drop for LabDir {
-    fn drop(&mut self) {
-        if std::thread::panicking() || std::env::var_os("GIRDER_PXE_KEEP_LOGS").is_some() {
-            eprintln!("pxe lab: logs kept in {}", self.0.display());
-        } else {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-}
-
 /// One lab: netns `girder-<name>` with bridge `br0`, linked by a veth pair to
 /// `gp-<name>` (10.S.0.1/24) in the host namespace. Dropping it kills what runs
 /// in the namespace and deletes the namespace and the veth pair.
@@ -144,7 +123,8 @@ pub struct Lab {
     pub host_if: String,
     /// The second octet: the lab's network is 10.S.0.0/24.
     pub subnet: u8,
-    pub dir: LabDir,
+    /// The lab's files (logs, leases, firmware variables).
+    pub dir: TempDir,
     taps: AtomicU32,
 }
 
@@ -176,7 +156,7 @@ impl Lab {
             netns: netns.clone(),
             host_if: host_if.clone(),
             subnet,
-            dir: LabDir::new(&format!("girder-pxe-{name}")),
+            dir: TempDir::new(&format!("girder-pxe-{name}")),
             taps: AtomicU32::new(0),
         };
         lab.ns_ip(&["link", "set", "lo", "up"])?;

@@ -1,6 +1,7 @@
 //! sushy-tools' Redfish emulator (`sushy-emulator --fake`) as a test peer,
 //! started through `e2e/sushy.sh`, one per test, on loopback only.
 
+pub use super::TempDir;
 use super::{free_port, repo_root};
 use girder::bmc::BmcAddress;
 use std::path::{Path, PathBuf};
@@ -15,23 +16,6 @@ pub const START_PATIENCE: Duration = Duration::from_secs(120);
 
 pub const USER: &str = "admin";
 pub const PASSWORD: &str = "Sushy-Pa55-Do-Not-Log";
-
-/// A directory of its own, removed when dropped.
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    pub fn new(prefix: &str) -> Self {
-        let path = std::env::temp_dir().join(format!("{prefix}-{:08x}", rand::random::<u32>()));
-        std::fs::create_dir_all(&path).expect("create temp dir");
-        TempDir(path)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// One fake system of the emulator.
 pub struct FakeSystem {
