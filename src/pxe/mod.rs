@@ -113,8 +113,10 @@ async fn run(args: PxeArgs) -> Result<(), PxeError> {
     let ready = Arc::new(AtomicBool::new(false));
     let (snapshots, snapshot) = watch::channel(Arc::new(Snapshot::default()));
 
-    // Every listener is opened before anything is served, so a wrong
-    // interface or a taken port stops the process at once with its name.
+    // The interfaces, the HTTP port and the TFTP ports are checked before
+    // anything is served, so a wrong interface or a taken port stops the
+    // process at once with its name; the DHCP server binds as it starts and
+    // stops the process the same way.
     let mut addresses = Vec::new();
     for interface in &args.interfaces {
         let addr = dhcp::server::interface_ipv4(interface).map_err(PxeError::Dhcp)?;
@@ -171,24 +173,21 @@ async fn run(args: PxeArgs) -> Result<(), PxeError> {
     }
     // A DHCP server that cannot bind its sockets or open its lease journal
     // stops the whole process, with the reason, rather than serving half.
-    let dhcp_failure = Arc::new(std::sync::Mutex::new(None));
-    if !args.interfaces.is_empty() {
-        let (snapshot, shutdown, metrics, failure) =
-            (snapshot.clone(), shutdown.clone(), metrics.clone(), dhcp_failure.clone());
-        tasks.spawn(async move {
-            if let Err(err) = dhcp::serve(dhcp_config, snapshot, metrics, shutdown.clone()).await {
-                if let Ok(mut slot) = failure.lock() {
-                    *slot = Some(err);
-                }
-                shutdown.cancel();
-            }
-        });
-    }
+    let dhcp = (!args.interfaces.is_empty()).then(|| {
+        let (snapshot, shutdown, metrics) = (snapshot.clone(), shutdown.clone(), metrics.clone());
+        tokio::spawn(async move {
+            let served = dhcp::serve(dhcp_config, snapshot, metrics, shutdown.clone()).await;
+            shutdown.cancel();
+            served
+        })
+    });
 
     follow_api(client, args.namespace.as_deref(), snapshots, ready, shutdown.clone()).await;
     shutdown.cancel();
     while tasks.join_next().await.is_some() {}
-    if let Some(err) = dhcp_failure.lock().ok().and_then(|mut slot| slot.take()) {
+    if let Some(task) = dhcp
+        && let Ok(Err(err)) = task.await
+    {
         return Err(PxeError::Dhcp(err));
     }
     tracing::info!("pxe stopped cleanly");
