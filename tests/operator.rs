@@ -292,7 +292,13 @@ async fn an_unchanged_object_gets_no_status_write() {
         let addressed = nodes
             .items
             .iter()
-            .all(|n| n.status.as_ref().is_some_and(|s| find(&s.conditions, "NetworkReady").is_some()));
+            // True, not just present: a node still Pending gets its final
+            // write from whichever operator runs next.
+            .all(|n| {
+                n.status.as_ref().is_some_and(|s| {
+                    find(&s.conditions, "NetworkReady").is_some_and(|c| c.status == ConditionStatus::True)
+                })
+            });
         (planned && addressed).then_some(())
     };
     wait_for("the network and every node's addresses to settle", settled_addresses).await;
