@@ -230,6 +230,43 @@ async fn wrong_credentials_wait_for_the_secret_to_change() {
     assert!(!operator.logs().contains(PASSWORD) && !operator.logs().contains("not-the-password"));
 }
 
+/// The node controller's backoff is its own: the node-network controller,
+/// which reconciles the same node after every status write, must not reset
+/// it (it once did, and a refused password was retried about once a second,
+/// the way BMCs lock accounts).
+#[tokio::test]
+async fn refused_credentials_are_retried_ever_more_slowly() {
+    let client = client().await;
+    install_crds(&client).await;
+    let ns = TestNamespace::new(&client, "lockout").await;
+    let sushy = lab(1, true, false).await;
+    apply_yaml(
+        &ns.name,
+        r#"apiVersion: girder.dev/v1alpha1
+kind: Network
+metadata: {name: admin}
+spec:
+  cidr: 10.77.0.0/24
+  ranges: [{name: nodes, type: static, start: 10.77.0.10, end: 10.77.0.20}]
+"#,
+    );
+    create_secret(&client, &ns.name, "bmc", "not-the-password").await;
+    let mut spec = node_spec(&sushy, 0, "bmc", false);
+    spec["networks"] = json!([{ "network": "admin" }]);
+    create_node(&client, &ns.name, "node-00", spec).await;
+    let _operator = fast_operator(&ns.name);
+
+    let count = |n: &BareMetalNode| n.status.as_ref().and_then(|s| s.error.as_ref()).map_or(0, |e| e.count);
+    node_where(&client, &ns.name, "node-00", "the first refusal", |n| count(n) >= 1).await;
+    let first = std::time::Instant::now();
+    let node = node_where(&client, &ns.name, "node-00", "five more refusals", |n| count(n) >= 6).await;
+    let took = first.elapsed();
+    // 1, 2, 4, 8, 16 s, each randomised to between half and all of it: at
+    // least 15.5 s for five retries (at a second each, they took about 5).
+    assert!(took >= std::time::Duration::from_millis(15_500), "five retries after {took:?}: no backoff");
+    assert_eq!(condition(&node, "NetworkReady").map(|c| c.0), Some(ConditionStatus::True), "node-network ran");
+}
+
 #[tokio::test]
 async fn an_unreachable_bmc_is_reported_and_recovers_by_itself() {
     let client = client().await;

@@ -7,6 +7,7 @@
 pub mod condition;
 pub mod network;
 pub mod node;
+pub mod provisioning;
 pub mod role;
 pub mod workload;
 

@@ -1,6 +1,7 @@
 //! BareMetalNode: one physical (or emulated) machine.
 
 use super::condition::{Condition, conditions_schema};
+pub use super::provisioning::{AgentStatus, ProvisioningStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
@@ -82,6 +83,23 @@ pub struct BareMetalNodeSpec {
     /// Which disk to install to, when the node has more than one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub root_device_hints: Option<RootDeviceHints>,
+    /// What deprovisioning wipes before the node is Available again:
+    /// `Metadata` (partition tables and the first and last MiB of every
+    /// disk, the default), `Full` (every byte of every disk) or `Disabled`.
+    #[serde(default)]
+    pub cleaning: CleaningMode,
+}
+
+/// How much of the disks deprovisioning wipes.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum CleaningMode {
+    /// Leave the disks as they are.
+    Disabled,
+    /// Partition tables and the first and last MiB of every disk and partition.
+    #[default]
+    Metadata,
+    /// Every byte of every disk.
+    Full,
 }
 
 /// Where and how to reach a BMC.
@@ -143,7 +161,8 @@ pub struct ImageSpec {
     /// Algorithm of `checksum`.
     #[serde(default)]
     pub checksum_type: ChecksumType,
-    /// Image format.
+    /// Image format. A `raw` image may also be gzip- or zstd-compressed
+    /// (recognised by its first bytes); the checksum is of the file as served.
     #[serde(default)]
     pub format: ImageFormat,
 }
@@ -266,6 +285,14 @@ pub struct BareMetalNodeStatus {
     /// When each lifecycle operation last started and ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub operation_history: Option<OperationHistory>,
+    /// The operator's side of the work done on the machine through its
+    /// agent: the agent session, the run asked for, what is installed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provisioning: Option<ProvisioningStatus>,
+    /// What the node's agent reports (written by `girder agent` on the
+    /// machine, and by nothing else).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<AgentStatus>,
 }
 
 /// Lifecycle phase of a node.
@@ -296,6 +323,9 @@ pub struct HardwareDetails {
     /// System UUID.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uuid: Option<String>,
+    /// Serial number of the main board (DMI), when the agent reports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub board_serial_number: Option<String>,
     /// Processors.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu: Option<CpuDetails>,
@@ -349,6 +379,12 @@ pub struct NicDetails {
     /// Whether the node can PXE-boot from it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pxe: Option<bool>,
+    /// Whether the link is up (carrier), as the agent saw it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<bool>,
+    /// Kernel driver, as the agent saw it, e.g. `virtio_net` or `ixgbe`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub driver: Option<String>,
 }
 
 /// One disk.
@@ -370,6 +406,16 @@ pub struct DiskDetails {
     /// Whether the disk spins.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rotational: Option<bool>,
+    /// Vendor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vendor: Option<String>,
+    /// World Wide Name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wwn: Option<String>,
+    /// Stable path of the disk, as `/dev/disk/by-path/` names it (e.g.
+    /// `pci-0000:00:05.0`), when the agent reports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by_path: Option<String>,
 }
 
 /// Firmware versions.
@@ -402,6 +448,18 @@ pub struct NodeAddress {
     /// IPv6 address with prefix length.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ipv6: Option<String>,
+    /// The Network's default gateway, for the installed system's network configuration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
+    /// The Network's DNS servers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns_servers: Vec<String>,
+    /// The Network's DNS domain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
+    /// The Network's MTU.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<i32>,
 }
 
 /// The state of one role on this node.

@@ -89,6 +89,11 @@ pub fn decide(node: &BareMetalNode, networks: &[&Network], unreadable_networks: 
                 ),
             )),
             Some(network) => {
+                // What the installed system needs to configure the address (cloud-init's network-config).
+                address.gateway = network.spec.gateway.clone();
+                address.dns_servers = network.spec.dns_servers.clone();
+                address.domain = network.spec.domain.clone();
+                address.mtu = network.spec.mtu;
                 addresses_on(network, &node_name, entry, &mut address, &mut issues);
                 if let Some(issue) = carrier(network, &node_name, entry, &nics, &mut address) {
                     issues.push(issue);
@@ -434,6 +439,8 @@ mod tests {
             NetworkSpec {
                 cidr: Some("10.0.0.0/24".into()),
                 ipv6_prefix: Some("fd00:1::/64".into()),
+                gateway: Some("10.0.0.1".into()),
+                dns_servers: vec!["10.0.0.2".into()],
                 conduit: conduit.map(String::from),
                 ranges: vec![AddressRange {
                     name: "static".into(),
@@ -489,7 +496,7 @@ mod tests {
                             name: Some(name.to_string()),
                             mac: mac.to_string(),
                             speed_mbps: Some(*speed),
-                            pxe: None,
+                            ..Default::default()
                         })
                         .collect(),
                     ..Default::default()
@@ -522,6 +529,10 @@ mod tests {
                 macs: vec!["aa:00:00:00:00:03".into()],
                 ipv4: Some("10.0.0.23/24".into()),
                 ipv6: Some("fd00:1::1234/64".into()),
+                gateway: Some("10.0.0.1".into()),
+                dns_servers: vec!["10.0.0.2".into()],
+                domain: None,
+                mtu: None,
             }]
         );
         let ready = &decision.condition;

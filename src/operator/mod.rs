@@ -57,6 +57,20 @@ pub struct OperatorArgs {
     /// Nodes reconciled at once: each is a conversation with its BMC.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..))]
     max_concurrent_node_reconciles: u16,
+    /// How long a machine may take from the boot request until its agent
+    /// reports (firmware, PXE, kernel, agent), in seconds; then it is booted again.
+    #[arg(long, default_value_t = 1200, value_parser = clap::value_parser!(u64).range(30..))]
+    agent_boot_timeout: u64,
+    /// How long the installed system may take to start girder agent after
+    /// the image was written, in seconds, before the node is called
+    /// Provisioned without it.
+    #[arg(long, default_value_t = 1200, value_parser = clap::value_parser!(u64).range(10..))]
+    installed_agent_timeout: u64,
+    /// How long an agent's heartbeat counts, in seconds (the duration of its
+    /// Lease; agents renew it three times as often). A run whose agent
+    /// stays silent longer is lost and done again.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(10..=3600))]
+    agent_lease_duration: u64,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -172,9 +186,15 @@ async fn lead(
         backoff: Backoff::default(),
     });
     let settings = controller::node::NodeSettings {
-        power_poll_interval: Duration::from_secs(args.power_poll_interval),
+        lifecycle: controller::node::lifecycle::Settings {
+            power_poll_interval: Duration::from_secs(args.power_poll_interval),
+            agent_boot_timeout: Duration::from_secs(args.agent_boot_timeout),
+            installed_agent_timeout: Duration::from_secs(args.installed_agent_timeout),
+            agent_poll_interval: Duration::from_secs(args.agent_lease_duration.clamp(2, 20) / 2),
+        },
         bmc_timeout: Duration::from_secs(args.bmc_timeout),
         max_concurrent_reconciles: args.max_concurrent_node_reconciles,
+        agent_lease_seconds: i32::try_from(args.agent_lease_duration).unwrap_or(i32::MAX),
     };
     let controllers = run_controllers(ctx, settings, shutdown.clone());
     tokio::pin!(controllers);

@@ -29,6 +29,7 @@ pub(super) fn hardware(parts: &Parts) -> HardwareDetails {
         nics: parts.nics.iter().filter_map(nic).collect(),
         storage: disks(parts),
         firmware: firmware(parts),
+        board_serial_number: None,
     }
 }
 
@@ -111,6 +112,7 @@ fn nic(interface: &EthernetInterface) -> Option<NicDetails> {
         mac,
         speed_mbps: interface.speed_mbps.filter(|s| *s > 0),
         pxe: None,
+        ..NicDetails::default()
     })
 }
 
@@ -140,6 +142,7 @@ fn disks(parts: &Parts) -> Vec<DiskDetails> {
                 Some(t) if t.eq_ignore_ascii_case("SSD") => Some(false),
                 _ => None,
             },
+            ..DiskDetails::default()
         })
         .collect();
     if !drives.is_empty() {
@@ -155,8 +158,7 @@ fn disks(parts: &Parts) -> Vec<DiskDetails> {
             name: d.name.clone(),
             size_bytes: d.capacity_bytes.filter(|b| *b > 0),
             model: d.model.clone(),
-            serial_number: None,
-            rotational: None,
+            ..DiskDetails::default()
         })
         .collect()
 }
@@ -237,13 +239,13 @@ mod tests {
                     name: Some("NIC.Integrated.1-1-1".into()),
                     mac: "b0:7b:25:de:ad:01".into(),
                     speed_mbps: Some(25000),
-                    pxe: None
+                    ..Default::default()
                 },
                 NicDetails {
                     name: Some("NIC.Integrated.1-2-1".into()),
                     mac: "b0:7b:25:de:ad:02".into(),
                     speed_mbps: None,
-                    pxe: None
+                    ..Default::default()
                 },
             ]
         );
