@@ -1,5 +1,6 @@
 //! girder: a Kubernetes operator for physical datacenter operations.
 
+pub mod agent;
 pub mod api;
 pub mod bmc;
 pub mod controller;

@@ -224,7 +224,10 @@ pub struct NodeNetwork {
     pub ipv6_address: Option<String>,
 }
 
-/// Hints selecting the root disk; every hint given must match.
+/// Hints selecting the root disk; every hint given must match, and of the
+/// disks that match the smallest is chosen. Removable and read-only disks are
+/// never chosen, nor, unless `minSizeGigabytes` says otherwise, disks under
+/// 4 GiB. Without hints: the smallest disk of at least 4 GiB.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RootDeviceHints {
@@ -244,7 +247,7 @@ pub struct RootDeviceHints {
     /// World Wide Name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wwn: Option<String>,
-    /// Smallest acceptable size, in GiB.
+    /// Smallest acceptable size, in GiB (replaces the 4 GiB floor).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub min_size_gigabytes: Option<i64>,
