@@ -25,3 +25,51 @@ apt_install() {
   apt-get update -qq >&2
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >&2
 }
+
+# ensure_debs PKG...: installs those of the Debian packages that are missing.
+ensure_debs() {
+  local missing=() pkg
+  for pkg in "$@"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
+  done
+  [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
+}
+
+# debian_kernel CACHE: the kernel image package linux-image-amd64 points at,
+# downloaded (never installed on this host) and unpacked once into
+# CACHE/<package>_<version>/ (vmlinuz, lib/modules/<release>/); prints that
+# directory. Shared by the PXE test assets and girder's ramdisk.
+debian_kernel() {
+  local cache="$1" pkg ver dir tmp
+  pkg="$(apt-cache depends linux-image-amd64 2>/dev/null | sed -n 's/^ *Depends: \(linux-image-[0-9].*-amd64\)$/\1/p' | head -n1)"
+  if [ -z "$pkg" ]; then
+    # No package lists yet (a fresh container): refresh them once.
+    [ "$(id -u)" -eq 0 ] || { echo "apt-cache knows no linux-image-amd64; run apt-get update as root" >&2; exit 1; }
+    apt-get update -qq >&2
+    pkg="$(apt-cache depends linux-image-amd64 | sed -n 's/^ *Depends: \(linux-image-[0-9].*-amd64\)$/\1/p' | head -n1)"
+  fi
+  [ -n "$pkg" ] || { echo "cannot tell which kernel package linux-image-amd64 depends on" >&2; exit 1; }
+  ver="$(apt-cache show --no-all-versions "$pkg" | sed -n 's/^Version: //p' | head -n1)"
+  [ -n "$ver" ] || { echo "no version known for $pkg" >&2; exit 1; }
+  dir="$cache/${pkg}_${ver}"
+  if [ -f "$dir/.girder-complete" ]; then echo "$dir"; return; fi
+  mkdir -p "$cache"
+  tmp="$(mktemp -d "$cache/.unpack.XXXXXX")"
+  # apt-get download fetches the .deb (as _apt when it can read the
+  # directory, hence the mode), dpkg-deb -x unpacks it without installing it.
+  chmod 755 "$tmp"
+  [ "$(id -u)" -ne 0 ] || chown _apt "$tmp" 2>/dev/null || true
+  (cd "$tmp" && apt-get download -q "$pkg=$ver" >&2) || { rm -rf "$tmp"; echo "apt-get download $pkg=$ver failed" >&2; exit 1; }
+  dpkg-deb -x "$tmp/"*.deb "$tmp/unpacked"
+  rm -rf "$dir"
+  mkdir -p "$dir"
+  local vmlinuz
+  vmlinuz="$(ls "$tmp/unpacked/boot/"vmlinuz-* 2>/dev/null | head -n1)"
+  [ -n "$vmlinuz" ] || { rm -rf "$tmp"; echo "no boot/vmlinuz-* in $pkg" >&2; exit 1; }
+  cp "$vmlinuz" "$dir/vmlinuz"
+  mkdir -p "$dir/lib"
+  mv "$tmp/unpacked/lib/modules" "$dir/lib/modules"
+  rm -rf "$tmp"
+  touch "$dir/.girder-complete"
+  echo "$dir"
+}

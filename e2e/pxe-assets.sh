@@ -29,28 +29,6 @@ trap '[ -z "$TMP_DIR" ] || rm -rf "$TMP_DIR"' EXIT
 # "site DHCP" of the tests), iproute2 for the lab's namespaces.
 DEBS=(qemu-system-x86 ipxe-qemu ipxe ovmf busybox-static cpio dnsmasq-base iproute2)
 
-ensure_debs() {
-  local missing=() pkg
-  for pkg in "${DEBS[@]}"; do
-    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
-  done
-  [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
-}
-
-# The kernel image package linux-image-amd64 points at, and its version.
-kernel_package() {
-  local pkg
-  pkg="$(apt-cache depends linux-image-amd64 2>/dev/null | sed -n 's/^ *Depends: \(linux-image-[0-9].*-amd64\)$/\1/p' | head -n1)"
-  if [ -z "$pkg" ]; then
-    # No package lists yet (a fresh container): refresh them once.
-    [ "$(id -u)" -eq 0 ] || { log "apt-cache knows no linux-image-amd64; run apt-get update as root"; exit 1; }
-    apt-get update -qq >&2
-    pkg="$(apt-cache depends linux-image-amd64 | sed -n 's/^ *Depends: \(linux-image-[0-9].*-amd64\)$/\1/p' | head -n1)"
-  fi
-  [ -n "$pkg" ] || { log "cannot tell which kernel package linux-image-amd64 depends on"; exit 1; }
-  echo "$pkg $(apt-cache show --no-all-versions "$pkg" | sed -n 's/^Version: //p' | head -n1)"
-}
-
 # /init of the initrd (busybox sh). Kernel messages are silenced first so that
 # none splits the marker line.
 init_script() {
@@ -87,14 +65,13 @@ lock() {
 }
 
 build() {
-  ensure_debs
+  ensure_debs "${DEBS[@]}"
   lock
-  local kpkg kver key dir tmp
-  read -r kpkg kver <<<"$(kernel_package)"
-  [ -n "$kver" ] || { log "no version known for $kpkg"; exit 1; }
+  local kernel key dir tmp
+  kernel="$(debian_kernel "$GIRDER_CACHE/kernel")"
   # The key names the kernel package and version, and hashes what the initrd is
   # made of (its /init and the busybox version), so a change to either rebuilds.
-  key="${kpkg}_${kver}-$( { init_script; dpkg-query -W -f='${Version}' busybox-static; } | sha256sum | cut -c1-8)"
+  key="$(basename "$kernel")-$( { init_script; dpkg-query -W -f='${Version}' busybox-static; } | sha256sum | cut -c1-8)"
   dir="$GIRDER_CACHE/pxe/$key"
   # The marker file is written last: a directory without it is a broken build, redone.
   if [ -f "$dir/.girder-complete" ] && [ -s "$dir/vmlinuz" ] && [ -s "$dir/initrd.img" ]; then
@@ -105,18 +82,8 @@ build() {
   tmp="$(mktemp -d)"
   TMP_DIR="$tmp"
   rm -rf "$dir"
-  mkdir -p "$dir" "$tmp/deb" "$tmp/root"
-
-  # The kernel: apt-get download fetches the .deb (as _apt when it can read the
-  # directory, hence the mode), dpkg-deb -x unpacks it without installing it.
-  chmod 755 "$tmp" "$tmp/deb"
-  [ "$(id -u)" -ne 0 ] || chown _apt "$tmp/deb" 2>/dev/null || true
-  (cd "$tmp/deb" && apt-get download -q "$kpkg=$kver" >&2) || { log "apt-get download $kpkg=$kver failed"; exit 1; }
-  dpkg-deb -x "$tmp/deb/"*.deb "$tmp/kernel"
-  local vmlinuz
-  vmlinuz="$(ls "$tmp/kernel/boot/"vmlinuz-* 2>/dev/null | head -n1)"
-  [ -n "$vmlinuz" ] || { log "no boot/vmlinuz-* in $kpkg"; exit 1; }
-  cp "$vmlinuz" "$dir/vmlinuz"
+  mkdir -p "$dir" "$tmp/root"
+  cp "$kernel/vmlinuz" "$dir/vmlinuz"
 
   # The initrd: busybox (static) and /init, as a gzip'd newc cpio owned by root.
   local root="$tmp/root" applet

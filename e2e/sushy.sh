@@ -39,7 +39,7 @@ python_bin() {
 
 # python3-venv for the venv itself; python3-dev in case pip must build a
 # wheel (bcrypt, for one) from source on this platform.
-ensure_debs() {
+ensure_python() {
   local py debs=()
   py="$(python_bin)"
   if [ ! -x "$py" ]; then
@@ -58,7 +58,7 @@ install() {
     echo "$VENV/bin"
     return
   fi
-  ensure_debs
+  ensure_python
   log "installing sushy-tools $SUSHY_TOOLS_VERSION into $VENV (first run only)"
   rm -rf "$VENV"
   mkdir -p "$(dirname "$VENV")"

@@ -45,13 +45,28 @@ pub async fn apply_status_if_unchanged<K>(
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
 {
+    apply_status_at(api, &obj.name_any(), obj.resource_version().as_deref(), manager, status).await
+}
+
+/// [`apply_status`] to the object `name` as it was at `resource_version`
+/// (no precondition when `None`).
+pub async fn apply_status_at<K>(
+    api: &Api<K>,
+    name: &str,
+    resource_version: Option<&str>,
+    manager: &str,
+    status: &impl Serialize,
+) -> kube::Result<K>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
+{
     let body = serde_json::json!({
         "apiVersion": K::api_version(&()),
         "kind": K::kind(&()),
-        "metadata": { "name": obj.name_any(), "resourceVersion": obj.resource_version() },
+        "metadata": { "name": name, "resourceVersion": resource_version },
         "status": status,
     });
-    api.patch_status(&obj.name_any(), &PatchParams::apply(manager).force(), &Patch::Apply(&body)).await
+    api.patch_status(name, &PatchParams::apply(manager).force(), &Patch::Apply(&body)).await
 }
 
 /// Whether a write was refused because the object changed since it was read.

@@ -15,6 +15,8 @@ enum Command {
     Operator(girder::operator::OperatorArgs),
     /// Run the PXE sidecar: DHCP, TFTP and HTTP boot from what the API says.
     Pxe(girder::pxe::PxeArgs),
+    /// Run the node agent on a machine: inventory, image install, cleaning.
+    Agent(girder::agent::AgentArgs),
     /// Print the CustomResourceDefinitions as YAML, or write one file per CRD.
     Crdgen(girder::crdgen::CrdgenArgs),
 }
@@ -24,6 +26,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Operator(args) => girder::operator::main(args),
         Command::Pxe(args) => girder::pxe::main(args),
+        Command::Agent(args) => girder::agent::main(args),
         Command::Crdgen(args) => girder::crdgen::main(args),
     };
     match result {

@@ -5,7 +5,6 @@
 
 mod support;
 
-use girder::api::condition::find;
 use girder::api::node::NodePhase;
 use girder::api::{BareMetalNode, ConditionStatus};
 use k8s_openapi::api::core::v1::Secret;
@@ -61,29 +60,6 @@ fn node_spec(sushy: &Sushy, i: usize, secret: &str, online: bool) -> serde_json:
         "bootMACAddress": mac(i),
         "online": online,
     })
-}
-
-/// Waits until `check` holds for the node's status; returns the node.
-async fn node_where(
-    client: &Client,
-    ns: &str,
-    name: &str,
-    what: &str,
-    check: impl Fn(&BareMetalNode) -> bool,
-) -> BareMetalNode {
-    let nodes: Api<BareMetalNode> = Api::namespaced(client.clone(), ns);
-    wait_for(&format!("{name}: {what}"), || {
-        let nodes = nodes.clone();
-        let found = async move { nodes.get_opt(name).await.ok().flatten() };
-        let check = &check;
-        async move { found.await.filter(|n| check(n)) }
-    })
-    .await
-}
-
-fn condition(node: &BareMetalNode, type_: &str) -> Option<(ConditionStatus, String, String)> {
-    let c = find(&node.status.as_ref()?.conditions, type_)?;
-    Some((c.status, c.reason.clone(), c.message.clone()))
 }
 
 fn phase(node: &BareMetalNode) -> Option<NodePhase> {

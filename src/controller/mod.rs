@@ -39,6 +39,9 @@ pub enum Error {
     StatusWrite { kind: &'static str, namespace: String, name: String, source: kube::Error },
     #[error("{kind} {name} has no namespace")]
     NoNamespace { kind: &'static str, name: String },
+    /// Decided from a copy older than the object: decided again shortly.
+    #[error("{kind} {namespace}/{name} changed while it was being decided; deciding again")]
+    Stale { kind: &'static str, namespace: String, name: String },
 }
 
 impl Error {
@@ -47,6 +50,7 @@ impl Error {
         match self {
             Error::StatusWrite { .. } => "StatusWriteFailed",
             Error::NoNamespace { .. } => "NoNamespace",
+            Error::Stale { .. } => "Conflict",
         }
     }
 }

@@ -2,9 +2,11 @@
 //! iPXE binaries (for UEFI HTTP boot), with Range and HEAD; every refusal
 //! says why in its body.
 
+use super::enrol::{self, Enrolment, Verdict};
 use super::metrics::PxeMetrics;
 use super::model::{Mac, Snapshot};
 use super::script::{self, DiscoveryImage};
+use crate::agent::protocol::{EnrolRequest, TOKEN_PATH};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, State};
@@ -35,11 +37,14 @@ pub struct HttpState {
     pub discovery: DiscoveryImage,
     /// The origin put into scripts; the request's Host when unset.
     pub base_url: Option<String>,
+    /// Nonces and agent tokens.
+    pub enrolment: Arc<Enrolment>,
 }
 
 pub fn router(state: HttpState) -> Router {
     Router::new()
         .route("/boot/{file}", get(boot_script))
+        .route(TOKEN_PATH, axum::routing::post(agent_token))
         .route("/assets/{*path}", get(asset).head(asset))
         .route("/ipxe/{*path}", get(ipxe_binary).head(ipxe_binary))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -111,11 +116,8 @@ async fn boot_script(
         },
     };
     let snapshot = state.snapshot.borrow().clone();
-    let client = match peer.ip() {
-        IpAddr::V4(ip) => Some(ip),
-        IpAddr::V6(ip) => ip.to_ipv4_mapped(),
-    };
-    match script::render(mac, client, &snapshot, &state.discovery, &base) {
+    let now = jiff::Timestamp::now().as_second();
+    match script::render(mac, client_ipv4(peer), &snapshot, &state.discovery, &state.enrolment.key, &base, now) {
         Ok(rendered) => {
             state.metrics.http_request("script", 200);
             tracing::info!(
@@ -133,6 +135,117 @@ async fn boot_script(
             (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], format!("{}\n", refusal.reason))
                 .into_response()
         }
+    }
+}
+
+fn client_ipv4(peer: SocketAddr) -> Option<std::net::Ipv4Addr> {
+    match peer.ip() {
+        IpAddr::V4(ip) => Some(ip),
+        IpAddr::V6(ip) => ip.to_ipv4_mapped(),
+    }
+}
+
+/// An agent trades its nonce for a token (see [`enrol`]).
+async fn agent_token(
+    State(state): State<HttpState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let request: EnrolRequest = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(err) => {
+            state.enrolment_result("refused");
+            return refuse(&state, "token", StatusCode::BAD_REQUEST, format!("the request is not an enrolment: {err}"));
+        }
+    };
+    if !state.ready.load(Ordering::Relaxed) {
+        state.enrolment_result("pending");
+        return pending(&state, "girder pxe is still reading the nodes and networks".into());
+    }
+    let snapshot = state.snapshot.borrow().clone();
+    let now = jiff::Timestamp::now().as_second();
+    let enrolment = state.enrolment.clone();
+    // One exchange at a time: the decision and the journal must agree.
+    let mut issued = enrolment.issued.lock().await;
+    let verdict = enrol::decide(&request, client_ipv4(peer), &snapshot, &enrolment.key, &issued, now);
+    match verdict {
+        Verdict::Refuse(code, reason) => {
+            state.enrolment_result("refused");
+            let status = StatusCode::from_u16(code).unwrap_or(StatusCode::FORBIDDEN);
+            tracing::warn!(mac = %request.mac, client = %peer.ip(), %reason, "agent enrolment refused");
+            state.metrics.http_request("token", status.as_u16());
+            (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], format!("{reason}\n")).into_response()
+        }
+        Verdict::Pending(message) => {
+            state.enrolment_result("pending");
+            pending(&state, message)
+        }
+        Verdict::Register { namespace, name, mac } => match enrolment.register(&namespace, &name, mac).await {
+            Ok(()) => {
+                tracing::info!(mac = %mac, node = %format!("{namespace}/{name}"), "registered a discovered machine");
+                state.enrolment_result("pending");
+                pending(
+                    &state,
+                    format!("registered as BareMetalNode {namespace}/{name}; waiting for girder to open its session"),
+                )
+            }
+            Err(err) => {
+                state.enrolment_result("error");
+                tracing::warn!(mac = %mac, error = %err, "cannot register a discovered machine");
+                refuse(&state, "token", StatusCode::SERVICE_UNAVAILABLE, format!("cannot register {mac} yet: {err}"))
+            }
+        },
+        Verdict::Issue { namespace, name, session } => {
+            let node = format!("{namespace}/{name}");
+            let token = match enrolment.mint(&namespace, &name).await {
+                Ok(token) => token,
+                Err(enrol::MintError::NotReady(why)) => {
+                    state.enrolment_result("pending");
+                    return pending(&state, why);
+                }
+                Err(err) => {
+                    state.enrolment_result("error");
+                    tracing::warn!(node = %node, error = %err, "cannot mint an agent token");
+                    return refuse(&state, "token", StatusCode::SERVICE_UNAVAILABLE, err.to_string());
+                }
+            };
+            let key = format!("{node}/{session}");
+            if let Err(err) = issued.record(&key, now, &peer.ip().to_string()) {
+                state.enrolment_result("error");
+                return refuse(
+                    &state,
+                    "token",
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("cannot record the issuance in the state directory: {err}"),
+                );
+            }
+            drop(issued);
+            let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or_default();
+            let credentials = enrolment.credentials(&namespace, &name, &session, token, host);
+            state.enrolment_result("issued");
+            state.metrics.http_request("token", 200);
+            tracing::info!(node = %node, session = %session, client = %peer.ip(), server = %credentials.server, "issued an agent token");
+            json(StatusCode::OK, &credentials)
+        }
+    }
+}
+
+fn pending(state: &HttpState, message: String) -> Response {
+    state.metrics.http_request("token", 202);
+    json(StatusCode::ACCEPTED, &enrol::pending(message))
+}
+
+fn json(status: StatusCode, body: &impl serde::Serialize) -> Response {
+    match serde_json::to_vec(body) {
+        Ok(bytes) => (status, [(header::CONTENT_TYPE, "application/json")], bytes).into_response(),
+        Err(err) => (StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode the answer: {err}\n")).into_response(),
+    }
+}
+
+impl HttpState {
+    fn enrolment_result(&self, result: &'static str) {
+        self.metrics.enrolment(result);
     }
 }
 

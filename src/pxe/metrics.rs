@@ -37,6 +37,8 @@ pub struct PxeMetrics {
     tftp_bytes: Counter,
     http_requests: Family<HttpLabel, Counter>,
     http_bytes: Counter,
+    enrolments: Family<ResultLabel, Counter>,
+    api_connections: Family<ResultLabel, Counter>,
 }
 
 impl Default for PxeMetrics {
@@ -48,13 +50,31 @@ impl Default for PxeMetrics {
         let tftp_bytes = Counter::default();
         let http_requests = Family::<HttpLabel, Counter>::default();
         let http_bytes = Counter::default();
+        let enrolments = Family::<ResultLabel, Counter>::default();
+        let api_connections = Family::<ResultLabel, Counter>::default();
         registry.register("dhcp_messages", "DHCP messages by type and direction", dhcp_messages.clone());
         registry.register("dhcp_ignored", "DHCP requests not answered, by reason", dhcp_ignored.clone());
         registry.register("tftp_transfers", "TFTP read requests by result", tftp_transfers.clone());
         registry.register("tftp_sent_bytes", "File bytes sent over TFTP", tftp_bytes.clone());
         registry.register("http_requests", "HTTP requests by route and status code", http_requests.clone());
         registry.register("http_sent_bytes", "Body bytes sent over HTTP for assets", http_bytes.clone());
-        Self { registry, dhcp_messages, dhcp_ignored, tftp_transfers, tftp_bytes, http_requests, http_bytes }
+        registry.register("agent_enrolments", "Agent token exchanges by result", enrolments.clone());
+        registry.register(
+            "api_connections",
+            "Connections passed through to the API server, by result",
+            api_connections.clone(),
+        );
+        Self {
+            registry,
+            dhcp_messages,
+            dhcp_ignored,
+            tftp_transfers,
+            tftp_bytes,
+            http_requests,
+            http_bytes,
+            enrolments,
+            api_connections,
+        }
     }
 }
 
@@ -83,6 +103,16 @@ impl PxeMetrics {
 
     pub fn http_sent(&self, bytes: u64) {
         self.http_bytes.inc_by(bytes);
+    }
+
+    /// One agent token exchange ended: `issued`, `pending`, `refused`, `error`.
+    pub fn enrolment(&self, result: &'static str) {
+        self.enrolments.get_or_create(&ResultLabel { result }).inc();
+    }
+
+    /// One connection passed through to the API server: `opened` or `failed`.
+    pub fn api_connection(&self, result: &'static str) {
+        self.api_connections.get_or_create(&ResultLabel { result }).inc();
     }
 
     /// The OpenMetrics text exposition.

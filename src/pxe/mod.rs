@@ -4,9 +4,11 @@
 //! API and writes nothing to it.
 
 pub mod dhcp;
+pub mod enrol;
 pub mod http;
 pub mod metrics;
 pub mod model;
+pub mod passthrough;
 pub mod script;
 pub mod tftp;
 
@@ -77,6 +79,16 @@ pub struct PxeArgs {
     /// Extra kernel command line of the discovery/deploy ramdisk.
     #[arg(long, env = "GIRDER_PXE_DISCOVERY_CMDLINE", default_value = "")]
     discovery_cmdline: String,
+    /// Where to pass agents' TCP connections through to the API server, for
+    /// provisioning networks that cannot reach it (e.g. `10.0.0.1:6443`).
+    /// Agents are then told to use it, at the address they reached girder
+    /// pxe on. Bytes only: TLS stays between the agent and the API server.
+    #[arg(long, env = "GIRDER_PXE_API_PASSTHROUGH_ADDR")]
+    api_passthrough_addr: Option<SocketAddr>,
+    /// The API server URL agents use, when they reach it directly under
+    /// another name than girder pxe's own (e.g. `https://k8s.example:6443`).
+    #[arg(long, env = "GIRDER_PXE_AGENT_API_SERVER")]
+    agent_api_server: Option<String>,
     /// Log format.
     #[arg(long, env = "GIRDER_LOG_FORMAT", value_enum, default_value_t = crate::operator::LogFormat::Json)]
     log_format: crate::operator::LogFormat,
@@ -94,6 +106,12 @@ pub enum PxeError {
     Tftp(#[from] tftp::BindError),
     #[error("DHCP: {0}")]
     Dhcp(dhcp::DhcpError),
+    #[error("cannot read the Kubernetes configuration (set KUBECONFIG or run in a cluster): {0}")]
+    Config(kube::config::InferConfigError),
+    #[error("cannot use --state-dir {dir} for agent enrolment: {source}")]
+    StateDir { dir: PathBuf, source: std::io::Error },
+    #[error("the API server URL {0} has no host and port to pass connections through to")]
+    Upstream(String),
 }
 
 pub fn main(args: PxeArgs) -> Result<(), Box<dyn std::error::Error>> {
@@ -108,7 +126,8 @@ pub fn main(args: PxeArgs) -> Result<(), Box<dyn std::error::Error>> {
 async fn run(args: PxeArgs) -> Result<(), PxeError> {
     let shutdown = CancellationToken::new();
     tokio::spawn(crate::operator::stop_on_signal(shutdown.clone()));
-    let client = Client::try_default().await.map_err(PxeError::Client)?;
+    let config = kube::Config::infer().await.map_err(PxeError::Config)?;
+    let client = Client::try_from(config.clone()).map_err(PxeError::Client)?;
     let metrics = Arc::new(PxeMetrics::default());
     let ready = Arc::new(AtomicBool::new(false));
     let (snapshots, snapshot) = watch::channel(Arc::new(Snapshot::default()));
@@ -149,6 +168,30 @@ async fn run(args: PxeArgs) -> Result<(), PxeError> {
     dhcp_config.proxy_port = args.proxy_dhcp_port;
 
     let ipxe_links = linked_boot_files(&args.ipxe_dir, &[&args.bios_ipxe, &args.uefi_ipxe, &args.arm64_ipxe]);
+    let state_dir_error = |source| PxeError::StateDir { dir: args.state_dir.clone(), source };
+    let api_host = config.tls_server_name.clone().or_else(|| config.cluster_url.host().map(str::to_string));
+    let upstream = match (config.cluster_url.host(), config.cluster_url.port_u16()) {
+        (Some(host), port) => format!("{host}:{}", port.unwrap_or(443)),
+        _ => return Err(PxeError::Upstream(config.cluster_url.to_string())),
+    };
+    let enrolment = Arc::new(enrol::Enrolment {
+        key: enrol::NonceKey::load_or_create(&args.state_dir).map_err(state_dir_error)?,
+        issued: tokio::sync::Mutex::new(
+            enrol::Issued::open(&args.state_dir, jiff::Timestamp::now().as_second()).map_err(state_dir_error)?,
+        ),
+        client: client.clone(),
+        ca_pem: pem(config.root_cert.as_deref().unwrap_or_default()),
+        api_host: api_host.unwrap_or_default(),
+        api_url: config.cluster_url.to_string().trim_end_matches('/').to_string(),
+        passthrough_port: args.api_passthrough_addr.map(|a| a.port()),
+        server_override: args.agent_api_server.clone(),
+    });
+    let passthrough = match args.api_passthrough_addr {
+        Some(addr) => {
+            Some(tokio::net::TcpListener::bind(addr).await.map_err(|source| PxeError::Listen { addr, source })?)
+        }
+        None => None,
+    };
     let mut tasks = tokio::task::JoinSet::new();
     let state = http::HttpState {
         snapshot: snapshot.clone(),
@@ -163,9 +206,17 @@ async fn run(args: PxeArgs) -> Result<(), PxeError> {
             cmdline: args.discovery_cmdline.clone(),
         },
         base_url: args.http_url.clone(),
+        enrolment,
     };
     tracing::info!(addr = %args.http_addr, "serving iPXE scripts, assets and metrics over HTTP");
     tasks.spawn(log_exit("http", http::serve(listener, state, shutdown.clone())));
+    if let Some(listener) = passthrough {
+        tracing::info!(addr = ?listener.local_addr().ok(), %upstream, "passing agents' connections through to the API server");
+        tasks.spawn(log_exit(
+            "api-passthrough",
+            passthrough::serve(listener, upstream, metrics.clone(), shutdown.clone()),
+        ));
+    }
     for socket in tftp_sockets {
         let mut config = tftp::TftpConfig::new(args.ipxe_dir.clone());
         config.symlink_targets = ipxe_links.clone();
@@ -192,6 +243,22 @@ async fn run(args: PxeArgs) -> Result<(), PxeError> {
     }
     tracing::info!("pxe stopped cleanly");
     Ok(())
+}
+
+/// DER certificates as a PEM bundle.
+fn pem(certificates: &[Vec<u8>]) -> String {
+    use base64::Engine as _;
+    let mut out = String::new();
+    for der in certificates {
+        out.push_str("-----BEGIN CERTIFICATE-----\n");
+        let encoded = base64::engine::general_purpose::STANDARD.encode(der);
+        for line in encoded.as_bytes().chunks(64) {
+            out.push_str(&String::from_utf8_lossy(line));
+            out.push('\n');
+        }
+        out.push_str("-----END CERTIFICATE-----\n");
+    }
+    out
 }
 
 async fn log_exit<E: std::fmt::Display>(what: &'static str, server: impl Future<Output = Result<(), E>>) {

@@ -3,7 +3,8 @@
 //! Pure: built from API objects, no Kubernetes calls.
 
 use crate::api::network::{DhcpMode, Network, RangeType};
-use crate::api::node::{BareMetalNode, BootMode, BootProfile, ImageSpec, InspectionMode, NodePhase};
+use crate::api::node::{BareMetalNode, BootMode, BootProfile, NodePhase};
+use crate::api::provisioning::{ProvisioningState, RunAction};
 use kube::ResourceExt;
 use std::collections::HashMap;
 use std::fmt;
@@ -64,12 +65,17 @@ pub struct NodeBoot {
     pub name: String,
     pub phase: Option<NodePhase>,
     pub boot_mode: BootMode,
-    pub inspection: InspectionMode,
     pub maintenance: bool,
     pub boot_profile: Option<BootProfile>,
-    pub image: Option<ImageSpec>,
     /// IPv4 allocations by Network name (same namespace), from Network status.
     pub ipv4: Vec<(String, Ipv4Addr)>,
+    /// Created by girder pxe for a machine nobody declared.
+    pub discovered: bool,
+    /// The agent session the operator opened, if any.
+    pub session: Option<String>,
+    /// The work the node's agent is to do from girder's ramdisk, while the
+    /// operator waits for it: the machine should boot the ramdisk.
+    pub ramdisk: Option<RunAction>,
 }
 
 impl NodeBoot {
@@ -156,16 +162,28 @@ impl Snapshot {
             let status = node.status.as_ref();
             let mut ipv4 = allocations.remove(&(namespace.clone(), name.clone())).unwrap_or_default();
             ipv4.sort();
+            let provisioning = status.and_then(|s| s.provisioning.as_ref());
+            let waiting = provisioning.is_some_and(|p| {
+                matches!(
+                    p.state,
+                    Some(
+                        ProvisioningState::BootingRamdisk
+                            | ProvisioningState::WaitingForAgent
+                            | ProvisioningState::Failed
+                    )
+                )
+            });
             by_mac.entry(mac).or_default().push(NodeBoot {
                 namespace,
                 name,
                 phase: status.and_then(|s| s.phase),
                 boot_mode: node.spec.boot_mode,
-                inspection: node.spec.inspection,
                 maintenance: node.spec.maintenance,
                 boot_profile: node.spec.boot_profile.clone(),
-                image: node.spec.image.clone(),
                 ipv4,
+                discovered: node.labels().get(crate::controller::node::DISCOVERED_LABEL).is_some_and(|v| v == "true"),
+                session: provisioning.and_then(|p| p.session.clone()),
+                ramdisk: provisioning.filter(|_| waiting).and_then(|p| p.run.as_ref()).map(|r| r.action),
             });
         }
         let mut snapshot = Snapshot { networks, ..Snapshot::default() };

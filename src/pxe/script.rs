@@ -1,16 +1,18 @@
 //! The per-MAC iPXE script, decided from the node's state (pure).
 //!
-//! - unknown MAC: the discovery image when some Network allows discovery;
-//! - a node in maintenance, or Provisioned: leave the network boot (`exit`),
-//!   so the firmware boots the next device, normally the disk;
+//! - unknown MAC: the discovery ramdisk when the client's Network allows
+//!   discovery, with a discovery nonce;
+//! - a node in maintenance: leave the network boot (`exit`), so the firmware
+//!   boots the next device, normally the disk;
 //! - a node with a boot profile: its kernel, initrd and command line;
-//! - a node with an image to install: the deploy ramdisk (the discovery
-//!   image, told which node it is and what to do);
-//! - a node to inspect in band: the discovery image;
+//! - a node whose agent the operator waits for (inspection, install,
+//!   cleaning): girder's ramdisk, with the session's nonce; while the session
+//!   is not open yet, a script that waits and asks again;
 //! - anything else: `exit`.
 
+use super::enrol::NonceKey;
 use super::model::{Mac, NodeBoot, Snapshot};
-use crate::api::node::{InspectionMode, NodePhase};
+use crate::api::provisioning::RunAction;
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 
@@ -40,6 +42,8 @@ pub enum Action {
     Profile,
     Deploy,
     Inspect,
+    Clean,
+    Wait,
     Exit,
 }
 
@@ -50,6 +54,8 @@ impl Action {
             Action::Profile => "boot-profile",
             Action::Deploy => "deploy",
             Action::Inspect => "inspect",
+            Action::Clean => "clean",
+            Action::Wait => "wait",
             Action::Exit => "exit",
         }
     }
@@ -64,15 +70,18 @@ pub struct Rendered {
 
 /// Renders the script for `mac`, asked for from `client` (the address it
 /// fetched the script from, which picks the Network whose discovery setting
-/// applies). `base` is the HTTP origin the client used (e.g.
+/// applies) at `now` (Unix seconds). `base` is the HTTP origin the client used (e.g.
 /// `http://10.0.0.1:8081`); relative asset paths are served under
 /// `<base>/assets/`.
+#[allow(clippy::too_many_arguments)]
 pub fn render(
     mac: Mac,
     client: Option<Ipv4Addr>,
     snapshot: &Snapshot,
     discovery: &DiscoveryImage,
+    key: &NonceKey,
     base: &str,
+    now: i64,
 ) -> Result<Rendered, Refusal> {
     if let Some(claimants) = snapshot.duplicate(&mac) {
         return Err(Refusal {
@@ -98,31 +107,33 @@ pub fn render(
                 reason: format!("no BareMetalNode has boot MAC {mac}, and {which} (spec.dhcp.allowDiscovery)"),
             });
         }
-        let script = ramdisk(mac, None, "discover", discovery, base)?;
+        let nonce = key.discovery_nonce(mac, now);
+        let script = ramdisk(mac, None, "discover", &nonce, discovery, base)?;
         return Ok(Rendered { action: Action::Discovery, node: None, script });
     };
-    let key = format!("{}/{}", node.namespace, node.name);
-    let (action, script) = decide(mac, node, &key, discovery, base)?;
-    Ok(Rendered { action, node: Some(key), script })
+    let key_name = format!("{}/{}", node.namespace, node.name);
+    let (action, script) = decide(mac, node, &key_name, discovery, key, base)?;
+    Ok(Rendered { action, node: Some(key_name), script })
 }
 
 fn decide(
     mac: Mac,
     node: &NodeBoot,
-    key: &str,
+    key_name: &str,
     discovery: &DiscoveryImage,
+    nonces: &NonceKey,
     base: &str,
 ) -> Result<(Action, String), Refusal> {
     if node.maintenance {
-        return Ok((Action::Exit, exit(&format!("node {key} is in maintenance; not booting it from the network"))));
-    }
-    if node.phase == Some(NodePhase::Provisioned) {
-        return Ok((Action::Exit, exit(&format!("node {key} is Provisioned; booting from its disk"))));
+        return Ok((
+            Action::Exit,
+            exit(&format!("node {key_name} is in maintenance; not booting it from the network")),
+        ));
     }
     if let Some(profile) = &node.boot_profile {
-        let cmdline = with_identity(&profile.cmdline, mac, Some(key));
+        let cmdline = with_identity(&profile.cmdline, mac, Some(key_name));
         let script = kernel_script(
-            &format!("node {key}: boot profile"),
+            &format!("node {key_name}: boot profile"),
             &asset_url(base, &profile.kernel),
             &asset_url(base, &profile.initrd),
             &cmdline,
@@ -131,19 +142,29 @@ fn decide(
         );
         return Ok((Action::Profile, script));
     }
-    if node.image.is_some() {
-        return Ok((Action::Deploy, ramdisk(mac, Some(key), "deploy", discovery, base)?));
-    }
-    if node.inspection == InspectionMode::InBand && node.phase == Some(NodePhase::Inspecting) {
-        return Ok((Action::Inspect, ramdisk(mac, Some(key), "inspect", discovery, base)?));
-    }
-    Ok((Action::Exit, exit(&format!("node {key} has nothing to boot from the network; booting from its disk"))))
+    let Some(work) = node.ramdisk else {
+        return Ok((
+            Action::Exit,
+            exit(&format!("node {key_name} has nothing to boot from the network; booting from its disk")),
+        ));
+    };
+    let Some(session) = &node.session else {
+        return Ok((Action::Wait, wait(key_name, mac, base)));
+    };
+    let (action, mode) = match work {
+        RunAction::Inspect => (Action::Inspect, "inspect"),
+        RunAction::Deploy => (Action::Deploy, "deploy"),
+        RunAction::Clean => (Action::Clean, "clean"),
+    };
+    let nonce = nonces.session_nonce(&node.namespace, &node.name, session);
+    Ok((action, ramdisk(mac, Some(key_name), mode, &nonce, discovery, base)?))
 }
 
 fn ramdisk(
     mac: Mac,
     node: Option<&str>,
     mode: &str,
+    nonce: &str,
     discovery: &DiscoveryImage,
     base: &str,
 ) -> Result<String, Refusal> {
@@ -155,7 +176,8 @@ fn ramdisk(
             ),
         });
     };
-    let cmdline = with_identity(&format!("{} girder.mode={mode}", discovery.cmdline.trim()), mac, node);
+    let cmdline = format!("{} girder.mode={mode} girder.pxe={base} girder.nonce={nonce}", discovery.cmdline.trim());
+    let cmdline = with_identity(&cmdline, mac, node);
     let title = match node {
         Some(key) => format!("node {key}: {mode} ramdisk"),
         None => format!("unknown machine {mac}: {mode} ramdisk"),
@@ -205,6 +227,17 @@ fn kernel_script(title: &str, kernel: &str, initrd: &str, cmdline: &str, mac: Ma
     )
 }
 
+/// The operator wants the ramdisk but has not opened the session yet.
+fn wait(key_name: &str, mac: Mac, base: &str) -> String {
+    format!(
+        "#!ipxe\n\
+         echo girder: node {key}: waiting for girder to open the agent session; asking again in 10 seconds\n\
+         sleep 10\n\
+         chain --replace --autofree {base}/boot/{mac}.ipxe\n",
+        key = sanitize(key_name),
+    )
+}
+
 fn exit(reason: &str) -> String {
     format!("#!ipxe\necho girder: {}\nexit\n", sanitize(reason))
 }
@@ -218,7 +251,8 @@ fn sanitize(text: &str) -> String {
 mod tests {
     use super::*;
     use crate::api::network::{DhcpMode, Network, NetworkSpec};
-    use crate::api::node::{BareMetalNode, BareMetalNodeSpec, BootProfile, ImageSpec, NodePhase};
+    use crate::api::node::{BareMetalNode, BareMetalNodeSpec, BootProfile, NodePhase};
+    use crate::api::provisioning::{AgentRun, ProvisioningState, ProvisioningStatus};
 
     const MAC: &str = "52:54:00:12:34:56";
     const BASE: &str = "http://10.0.0.1:8081";
@@ -262,6 +296,10 @@ mod tests {
         Mac::parse(MAC).unwrap_or(Mac([0; 6]))
     }
 
+    fn draw(client: Option<Ipv4Addr>, snapshot: &Snapshot, discovery: &DiscoveryImage) -> Result<Rendered, Refusal> {
+        render(mac(), client, snapshot, discovery, &NonceKey::from_bytes([1; 32]), BASE, 1_000)
+    }
+
     fn profile() -> BootProfile {
         BootProfile { kernel: "/vmlinuz".into(), initrd: "initrd.img".into(), cmdline: "console=ttyS0 quiet".into() }
     }
@@ -270,7 +308,7 @@ mod tests {
     fn a_boot_profile_boots_its_kernel_initrd_and_cmdline_with_the_nodes_identity() {
         let nodes = [node("n1", MAC, |n| n.spec.boot_profile = Some(profile()))];
         let snapshot = Snapshot::build(&nodes, &[network(false)]);
-        let rendered = render(mac(), None, &snapshot, &discovery(), BASE).unwrap();
+        let rendered = draw(None, &snapshot, &discovery()).unwrap();
         assert_eq!(rendered.action, Action::Profile);
         assert_eq!(rendered.node.as_deref(), Some("lab/n1"));
         let s = rendered.script;
@@ -283,66 +321,103 @@ mod tests {
     }
 
     #[test]
-    fn provisioned_and_maintenance_nodes_leave_the_network_boot() {
+    fn maintenance_and_nodes_with_nothing_to_do_leave_the_network_boot() {
         let provisioned = [node("n1", MAC, |n| {
+            n.status = Some(crate::api::node::BareMetalNodeStatus {
+                phase: Some(NodePhase::Provisioned),
+                ..Default::default()
+            });
+        })];
+        let rendered = draw(None, &Snapshot::build(&provisioned, &[]), &discovery()).unwrap();
+        assert_eq!(rendered.action, Action::Exit);
+        assert!(rendered.script.contains("nothing to boot from the network; booting from its disk\nexit\n"));
+
+        // A boot profile is booted from the network every time, Provisioned or not.
+        let profiled = [node("n1", MAC, |n| {
             n.spec.boot_profile = Some(profile());
             n.status = Some(crate::api::node::BareMetalNodeStatus {
                 phase: Some(NodePhase::Provisioned),
                 ..Default::default()
             });
         })];
-        let rendered = render(mac(), None, &Snapshot::build(&provisioned, &[]), &discovery(), BASE).unwrap();
-        assert_eq!(rendered.action, Action::Exit);
-        assert!(rendered.script.contains("Provisioned; booting from its disk\nexit\n"), "{}", rendered.script);
+        assert_eq!(draw(None, &Snapshot::build(&profiled, &[]), &discovery()).unwrap().action, Action::Profile);
 
         let maintenance = [node("n1", MAC, |n| {
             n.spec.boot_profile = Some(profile());
             n.spec.maintenance = true;
         })];
-        let rendered = render(mac(), None, &Snapshot::build(&maintenance, &[]), &discovery(), BASE).unwrap();
+        let rendered = draw(None, &Snapshot::build(&maintenance, &[]), &discovery()).unwrap();
         assert_eq!(rendered.action, Action::Exit);
         assert!(rendered.script.contains("maintenance"), "{}", rendered.script);
     }
 
-    #[test]
-    fn an_image_boots_the_deploy_ramdisk_and_in_band_inspection_the_inspect_one() {
-        let image = ImageSpec {
-            url: "http://images.example/os.img".into(),
-            checksum: "0".repeat(64),
-            checksum_type: Default::default(),
-            format: Default::default(),
-        };
-        let nodes = [node("n1", MAC, |n| n.spec.image = Some(image))];
-        let rendered = render(mac(), None, &Snapshot::build(&nodes, &[]), &discovery(), BASE).unwrap();
-        assert_eq!(rendered.action, Action::Deploy);
-        assert!(rendered.script.contains(
-            "http://10.0.0.1:8081/assets/discovery/vmlinuz initrd=initrd.img console=ttyS0 girder.mode=deploy"
-        ));
-        assert!(rendered.script.contains("initrd --name initrd.img http://images.example/initrd "));
-
-        let nodes = [node("n1", MAC, |n| {
-            n.spec.inspection = InspectionMode::InBand;
+    fn waiting_for(action: RunAction, session: Option<&str>, state: ProvisioningState) -> BareMetalNode {
+        node("n1", MAC, |n| {
             n.status = Some(crate::api::node::BareMetalNodeStatus {
-                phase: Some(NodePhase::Inspecting),
+                phase: Some(NodePhase::Provisioning),
+                provisioning: Some(ProvisioningStatus {
+                    session: session.map(String::from),
+                    state: Some(state),
+                    run: Some(AgentRun {
+                        id: "r1".into(),
+                        action,
+                        image: None,
+                        root_device_hints: None,
+                        user_data: None,
+                        cleaning: None,
+                    }),
+                    ..Default::default()
+                }),
                 ..Default::default()
             });
-        })];
-        let rendered = render(mac(), None, &Snapshot::build(&nodes, &[]), &discovery(), BASE).unwrap();
-        assert_eq!(rendered.action, Action::Inspect);
+        })
+    }
 
-        let nodes = [node("n1", MAC, |_| {})];
-        let rendered = render(mac(), None, &Snapshot::build(&nodes, &[]), &discovery(), BASE).unwrap();
-        assert_eq!(rendered.action, Action::Exit);
+    #[test]
+    fn the_ramdisk_boots_while_the_operator_waits_for_the_agent_with_the_sessions_nonce() {
+        let nodes = [waiting_for(RunAction::Deploy, Some("s1"), ProvisioningState::BootingRamdisk)];
+        let rendered = draw(None, &Snapshot::build(&nodes, &[]), &discovery()).unwrap();
+        assert_eq!(rendered.action, Action::Deploy);
+        let nonce = NonceKey::from_bytes([1; 32]).session_nonce("lab", "n1", "s1");
+        assert!(
+            rendered.script.contains(&format!(
+                "http://10.0.0.1:8081/assets/discovery/vmlinuz initrd=initrd.img console=ttyS0 girder.mode=deploy girder.pxe=http://10.0.0.1:8081 girder.nonce={nonce} BOOTIF="
+            )),
+            "{}",
+            rendered.script
+        );
+        assert!(rendered.script.contains("initrd --name initrd.img http://images.example/initrd "));
+
+        for (action, want) in [(RunAction::Inspect, Action::Inspect), (RunAction::Clean, Action::Clean)] {
+            let nodes = [waiting_for(action, Some("s1"), ProvisioningState::WaitingForAgent)];
+            assert_eq!(draw(None, &Snapshot::build(&nodes, &[]), &discovery()).unwrap().action, want);
+        }
+        // Failed but retrying: still the ramdisk (the agent may be asked again).
+        let nodes = [waiting_for(RunAction::Deploy, Some("s1"), ProvisioningState::Failed)];
+        assert_eq!(draw(None, &Snapshot::build(&nodes, &[]), &discovery()).unwrap().action, Action::Deploy);
+        // Written: the machine boots its disk.
+        let nodes = [waiting_for(RunAction::Deploy, Some("s1"), ProvisioningState::BootingDisk)];
+        assert_eq!(draw(None, &Snapshot::build(&nodes, &[]), &discovery()).unwrap().action, Action::Exit);
+        // No session yet: wait and ask again, without a nonce.
+        let nodes = [waiting_for(RunAction::Deploy, None, ProvisioningState::Failed)];
+        let rendered = draw(None, &Snapshot::build(&nodes, &[]), &discovery()).unwrap();
+        assert_eq!(rendered.action, Action::Wait);
+        assert!(
+            rendered
+                .script
+                .contains("sleep 10\nchain --replace --autofree http://10.0.0.1:8081/boot/52:54:00:12:34:56.ipxe")
+        );
+        assert!(!rendered.script.contains("nonce"));
     }
 
     #[test]
     fn unknown_macs_get_discovery_only_where_a_network_allows_it() {
-        let refused = render(mac(), None, &Snapshot::build(&[], &[network(false)]), &discovery(), BASE).err().unwrap();
+        let refused = draw(None, &Snapshot::build(&[], &[network(false)]), &discovery()).err().unwrap();
         assert_eq!(refused.status, 404);
         assert!(refused.reason.contains("no BareMetalNode has boot MAC 52:54:00:12:34:56"), "{}", refused.reason);
         assert!(refused.reason.contains("allowDiscovery"), "{}", refused.reason);
 
-        let rendered = render(mac(), None, &Snapshot::build(&[], &[network(true)]), &discovery(), BASE).unwrap();
+        let rendered = draw(None, &Snapshot::build(&[], &[network(true)]), &discovery()).unwrap();
         assert_eq!(rendered.action, Action::Discovery);
 
         // The client's own network decides, and is named.
@@ -351,15 +426,15 @@ mod tests {
         closed.spec.cidr = Some("10.9.0.0/24".into());
         let both = Snapshot::build(&[], &[network(true), closed]);
         let inside_closed = Some(Ipv4Addr::new(10, 9, 0, 7));
-        let refused = render(mac(), inside_closed, &both, &discovery(), BASE).err().unwrap();
+        let refused = draw(inside_closed, &both, &discovery()).err().unwrap();
         assert!(refused.reason.contains("Network lab/closed does not allow discovery"), "{}", refused.reason);
         let inside_open = Some(Ipv4Addr::new(10, 0, 0, 7));
-        assert!(render(mac(), inside_open, &both, &discovery(), BASE).is_ok());
+        assert!(draw(inside_open, &both, &discovery()).is_ok());
         assert!(rendered.script.contains("girder.mode=discover"));
+        let nonce = NonceKey::from_bytes([1; 32]).discovery_nonce(mac(), 1_000);
+        assert!(rendered.script.contains(&format!("girder.nonce={nonce} ")), "{}", rendered.script);
 
-        let refused = render(mac(), None, &Snapshot::build(&[], &[network(true)]), &DiscoveryImage::default(), BASE)
-            .err()
-            .unwrap();
+        let refused = draw(None, &Snapshot::build(&[], &[network(true)]), &DiscoveryImage::default()).err().unwrap();
         assert_eq!(refused.status, 404);
         assert!(refused.reason.contains("--discovery-kernel"), "{}", refused.reason);
     }
@@ -367,7 +442,7 @@ mod tests {
     #[test]
     fn a_mac_claimed_twice_is_not_booted() {
         let nodes = [node("a", MAC, |_| {}), node("b", &MAC.to_uppercase(), |_| {})];
-        let refused = render(mac(), None, &Snapshot::build(&nodes, &[]), &discovery(), BASE).err().unwrap();
+        let refused = draw(None, &Snapshot::build(&nodes, &[]), &discovery()).err().unwrap();
         assert_eq!(refused.status, 409);
         assert!(refused.reason.contains("lab/a and lab/b"), "{}", refused.reason);
     }
@@ -377,7 +452,7 @@ mod tests {
         let nodes = [node("n1", MAC, |n| {
             n.spec.boot_profile = Some(BootProfile { cmdline: "quiet\nshell".into(), ..profile() });
         })];
-        let rendered = render(mac(), None, &Snapshot::build(&nodes, &[]), &discovery(), BASE).unwrap();
+        let rendered = draw(None, &Snapshot::build(&nodes, &[]), &discovery()).unwrap();
         assert!(!rendered.script.lines().any(|l| l == "shell"), "{}", rendered.script);
     }
 }

@@ -3,11 +3,14 @@
 //! one namespace per test, and the real `girder` binary as a child process.
 #![allow(dead_code)]
 
+pub mod agent;
 pub mod ipmi;
+pub mod pxe;
 pub mod pxe_lab;
 pub mod sushy;
 
 use girder::api;
+use girder::api::{BareMetalNode, ConditionStatus};
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Patch, PatchParams, PostParams};
@@ -193,7 +196,7 @@ impl Operator {
             .args(["--renew-deadline", &opts.renew_deadline.to_string()])
             .args(["--retry-period", &opts.retry_period.to_string()])
             .args(extra)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", std::env::var("GIRDER_TEST_LOG").unwrap_or_else(|_| "info".into()))
             .stdout(Stdio::null())
             .stderr(log_file)
             .spawn()
@@ -327,4 +330,27 @@ pub fn apply_yaml(namespace: &str, yaml: &str) -> String {
 
 pub fn path_str(path: &Path) -> &str {
     path.to_str().expect("utf-8 path")
+}
+
+/// Waits until `check` holds for the node's status; returns the node.
+pub async fn node_where(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    what: &str,
+    check: impl Fn(&BareMetalNode) -> bool,
+) -> BareMetalNode {
+    let nodes: Api<BareMetalNode> = Api::namespaced(client.clone(), ns);
+    wait_for(&format!("{name}: {what}"), || {
+        let nodes = nodes.clone();
+        let found = async move { nodes.get_opt(name).await.ok().flatten() };
+        let check = &check;
+        async move { found.await.filter(|n| check(n)) }
+    })
+    .await
+}
+
+pub fn condition(node: &BareMetalNode, type_: &str) -> Option<(ConditionStatus, String, String)> {
+    let c = girder::api::condition::find(&node.status.as_ref()?.conditions, type_)?;
+    Some((c.status, c.reason.clone(), c.message.clone()))
 }

@@ -165,11 +165,14 @@ pub enum Io {
 }
 
 impl Io {
-    /// Whether the machine or its agent can see the effect at once, so the
-    /// status that led to it must be written first (girder pxe and the agent
-    /// read the session from it).
+    /// Whether the status that led to it must be written first: girder pxe
+    /// and the agent read the session from it, and it must not be acted on
+    /// if it was decided from a stale copy of the node.
     pub fn needs_status_first(self) -> bool {
-        matches!(self, Io::BootRamdisk | Io::BootDisk | Io::Power(_))
+        // Everything but reading the BMC: the status write (conditional on
+        // the node's version) also proves the decision was made from the
+        // node as it is, before anything is changed on its account.
+        !matches!(self, Io::Register | Io::InspectOutOfBand | Io::ReadPower)
     }
 }
 
@@ -191,7 +194,8 @@ pub struct Decision {
 
 /// Reasons of agent failures that retrying the same request cannot fix:
 /// the next attempt waits for the spec to change.
-const PERMANENT: [&str; 4] = ["NoMatchingDisk", "ImageFormat", "ImageTooLarge", "UserDataMissing"];
+const PERMANENT: [&str; 6] =
+    ["NoMatchingDisk", "ImageFormat", "ImageTooLarge", "InvalidImageURL", "InvalidImageChecksum", "UserDataMissing"];
 
 /// Capped exponential backoff between attempts of an agent operation:
 /// 15 s, 30 s, 60 s ... 10 min. Kept in status, so a restart keeps it.
@@ -203,7 +207,10 @@ pub fn retry_delay(failures: i32) -> Duration {
 /// Decides the next step for `node` from `status` and `facts` (pure).
 pub fn decide(node: &Node, status: &BareMetalNodeStatus, facts: &Facts, settings: &Settings) -> Decision {
     let mut d = Decision { status: status.clone(), io: None, requeue: Requeue::OnChange };
-    d.status.observed_generation = node.generation;
+    if !node.spec.maintenance {
+        // In maintenance nothing is acted on, so nothing is observed either.
+        d.status.observed_generation = node.generation;
+    }
     fold_agent_inventory(node, &mut d.status);
     let mut d = step(node, d, facts, settings);
     agent_condition(node, facts, &mut d.status);
@@ -851,6 +858,11 @@ fn operate(node: &Node, d: &mut Decision, facts: &Facts, settings: &Settings, ac
                 d.requeue = Requeue::OnChange;
                 return Operation::Pending;
             }
+            if !unchanged && let Some(p) = d.status.provisioning.as_mut() {
+                // A new request: its attempts are counted afresh.
+                p.failures = 0;
+                p.retry_after = None;
+            }
             let retry_at = p.retry_after.as_ref().map(|t| t.0);
             if let Some(at) = retry_at.filter(|at| *at > facts.now && unchanged) {
                 let wait = facts.now.duration_until(at).unsigned_abs();
@@ -869,9 +881,11 @@ fn operate(node: &Node, d: &mut Decision, facts: &Facts, settings: &Settings, ac
 fn begin(node: &Node, d: &mut Decision, facts: &Facts, settings: &Settings, action: RunAction, reuse: bool) {
     let now = now_time(facts);
     let p = d.status.provisioning.get_or_insert_with(Default::default);
-    let attempt = p.failures + 1;
+    // Unique within the session, whatever was asked before (an agent
+    // re-sends the report of a run id it already did).
+    let tag = &facts.fresh_id[..facts.fresh_id.len().min(6)];
     if reuse && let Some(session) = p.session.clone() {
-        p.run = Some(request(node, action, format!("{session}-{}-{attempt}", action_word(action))));
+        p.run = Some(request(node, action, format!("{session}-{}-{tag}", action_word(action))));
         set_state(d, ProvisioningState::WaitingForAgent, &now);
         d.requeue = Requeue::After(settings.agent_poll_interval);
         if !facts.granted {
@@ -880,7 +894,7 @@ fn begin(node: &Node, d: &mut Decision, facts: &Facts, settings: &Settings, acti
         return;
     }
     let session = facts.fresh_id.clone();
-    p.run = Some(request(node, action, format!("{session}-{}-{attempt}", action_word(action))));
+    p.run = Some(request(node, action, format!("{session}-{}-{tag}", action_word(action))));
     p.session = Some(session);
     set_state(d, ProvisioningState::BootingRamdisk, &now);
     if !facts.session_opened {

@@ -411,6 +411,10 @@ fn a_failure_retrying_cannot_fix_waits_for_the_spec_to_change() {
     world.reconcile(&node(&spec), &mut status);
     assert_eq!(world.log, [Io::Grant], "the connected agent gets the new run at once");
     assert_eq!(run(&status).root_device_hints, spec.root_device_hints);
+    assert_eq!(status.provisioning.as_ref().unwrap().failures, 0, "a new request counts its attempts afresh");
+    agent_fails(&mut world, &mut status, "ImageUnreachable");
+    let d = world.reconcile(&node(&spec), &mut status);
+    assert_eq!(d.requeue, Requeue::After(Duration::from_secs(15)), "the first backoff, not the second");
 }
 
 #[test]

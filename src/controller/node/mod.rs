@@ -119,6 +119,9 @@ fn now() -> Time {
     Time(jiff::Timestamp::from_second(jiff::Timestamp::now().as_second()).unwrap_or_else(|_| jiff::Timestamp::now()))
 }
 
+/// The `status.error` types of failed I/O, recorded by the executor.
+const IO_ERRORS: [&str; 4] = ["RegistrationError", "InspectionError", "PowerManagementError", "AgentAccessError"];
+
 /// The condition types this controller decides; others (NetworkReady...)
 /// belong to other field managers and are never sent from here.
 const OWN_CONDITIONS: [&str; 7] =
@@ -144,33 +147,53 @@ pub fn owned(status: &BareMetalNodeStatus) -> BareMetalNodeStatus {
     }
 }
 
+/// The node's status as this controller last saw it written, and the
+/// object version it belongs to.
+struct Written {
+    status: BareMetalNodeStatus,
+    version: Option<String>,
+}
+
+impl Written {
+    fn of(node: &BareMetalNode) -> Self {
+        Self { status: node.status.clone().unwrap_or_default(), version: node.resource_version() }
+    }
+}
+
 /// Writes the part of the node's status this controller owns (server-side
-/// apply) when it differs from what was last written.
+/// apply) when it differs from what was last written, on the condition that
+/// the node is still the version it was decided from: a decision made from a
+/// cache that lags behind (this controller's own last write, an agent's
+/// report) is refused with 409 and made again, never acted on.
 async fn write_status(
     nc: &NodeContext,
     api: &Api<BareMetalNode>,
     node: &BareMetalNode,
-    written: &mut BareMetalNodeStatus,
+    written: &mut Written,
     status: &BareMetalNodeStatus,
 ) -> Result<(), Error> {
     let mine = owned(status);
-    if owned(written) == mine {
+    if owned(&written.status) == mine {
         return Ok(());
     }
-    crate::k8s::apply_status(api, node, manager::NODE, &mine).await.map_err(|source| Error::StatusWrite {
-        kind: "BareMetalNode",
-        namespace: node.namespace().unwrap_or_default(),
-        name: node.name_any(),
-        source,
-    })?;
+    let (namespace, name) = (node.namespace().unwrap_or_default(), node.name_any());
+    let updated = crate::k8s::apply_status_at(api, &name, written.version.as_deref(), manager::NODE, &mine)
+        .await
+        .map_err(|source| match crate::k8s::is_conflict(&source) {
+            true => Error::Stale { kind: "BareMetalNode", namespace: namespace.clone(), name: name.clone() },
+            false => {
+                Error::StatusWrite { kind: "BareMetalNode", namespace: namespace.clone(), name: name.clone(), source }
+            }
+        })?;
     nc.ctx.metrics.status_written("BareMetalNode");
-    if written.phase != status.phase
+    if written.status.phase != status.phase
         && let Some(phase) = status.phase
     {
         let note = format!("phase {phase:?}");
         nc.ctx.event(node, EventType::Normal, &format!("{phase:?}"), note, "Lifecycle").await;
     }
-    *written = status.clone();
+    written.status = status.clone();
+    written.version = updated.resource_version();
     Ok(())
 }
 
@@ -263,8 +286,8 @@ impl Executor<'_> {
     async fn run(&self) -> Result<Action, Error> {
         let (nc, node) = (self.nc, self.node);
         let generation = node.metadata.generation;
-        let mut written = node.status.clone().unwrap_or_default();
-        let mut status = written.clone();
+        let mut written = Written::of(node);
+        let mut status = written.status.clone();
         let address = match node.spec.bmc.as_ref().map(|b| BmcAddress::parse(&b.address)) {
             Some(Err(err)) => {
                 let failure = (Failure::Bmc, err.reason(), err.to_string());
@@ -301,14 +324,22 @@ impl Executor<'_> {
         for _ in 0..24 {
             let decision: Decision = lifecycle::decide(&view, &status, &facts, &nc.settings.lifecycle);
             let Some(io) = decision.io else {
+                tracing::debug!(phase = ?decision.status.phase, state = ?decision.status.provisioning.as_ref().and_then(|p| p.state), requeue = ?decision.requeue, "decided");
                 status = decision.status;
+                // Every piece of I/O this reconcile needed worked: a BMC or
+                // access failure recorded earlier is over (the agent's own
+                // failures are the lifecycle's to clear).
+                if status.error.as_ref().is_some_and(|e| IO_ERRORS.contains(&e.type_.as_str())) {
+                    status.error = None;
+                }
                 write_status(nc, self.api, node, &mut written, &status).await?;
                 nc.backoff.succeeded(self.node_key);
                 return Ok(requeue(decision.requeue));
             };
-            if decision.status.phase != written.phase || io.needs_status_first() {
+            if decision.status.phase != written.status.phase || io.needs_status_first() {
                 write_status(nc, self.api, node, &mut written, &decision.status).await?;
             }
+            tracing::debug!(?io, phase = ?decision.status.phase, state = ?decision.status.provisioning.as_ref().and_then(|p| p.state), "doing");
             match self.perform(io, address.as_ref(), &decision, &mut facts).await {
                 Ok(()) => status = decision.status,
                 Err(err) => return self.failed(err, &mut status, &mut written).await,
@@ -429,7 +460,7 @@ impl Executor<'_> {
         &self,
         err: IoError,
         status: &mut BareMetalNodeStatus,
-        written: &mut BareMetalNodeStatus,
+        written: &mut Written,
     ) -> Result<Action, Error> {
         let (nc, node) = (self.nc, self.node);
         let generation = node.metadata.generation;
@@ -525,8 +556,8 @@ async fn finalize(
         Ok(true) => release("powered off; deleted").await,
         Ok(false) => Ok(Action::requeue(Duration::from_secs(5))),
         Err(message) => {
-            let mut written = node.status.clone().unwrap_or_default();
-            let mut status = written.clone();
+            let mut written = Written::of(node);
+            let mut status = written.status.clone();
             let why = format!(
                 "waiting to power the node off before deleting it: {message}. To delete it without powering off, annotate it {DETACHED}=true or set spec.maintenance"
             );
@@ -541,6 +572,11 @@ async fn finalize(
 }
 
 fn error_policy(guard: Arc<DeserializeGuard<BareMetalNode>>, err: &Error, nc: Arc<NodeContext>) -> Action {
+    if matches!(err, Error::Stale { .. }) {
+        // Not a failure: the cache catches up within moments.
+        nc.ctx.metrics.failed("BareMetalNode", err.metric_label());
+        return Action::requeue(Duration::from_millis(rand::rng().random_range(200..800)));
+    }
     tracing::warn!(node = %guard.name_any(), error = %err, "reconcile failed");
     nc.ctx.metrics.failed("BareMetalNode", err.metric_label());
     super::warn_later(nc.ctx.clone(), guard.clone(), err);

@@ -48,11 +48,12 @@ fn node(name: &str, ipv4: Vec<(String, Ipv4Addr)>) -> NodeBoot {
         name: name.into(),
         phase: None,
         boot_mode: Default::default(),
-        inspection: Default::default(),
         maintenance: false,
         boot_profile: None,
-        image: None,
         ipv4,
+        discovered: false,
+        session: None,
+        ramdisk: None,
     }
 }
 
