@@ -11,3 +11,4 @@ pub mod ipam;
 pub mod k8s;
 pub mod operator;
 pub mod pxe;
+pub mod tls;

@@ -81,7 +81,7 @@ pub enum AgentError {
 
 pub fn main(args: AgentArgs) -> Result<(), Box<dyn std::error::Error>> {
     crate::operator::init_logging(args.log_format);
-    // Images may come over HTTPS: rustls needs its crypto provider.
+    // The process-wide rustls provider, for any client that asks for it.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(AgentError::Runtime)?;
     let poweroff = args.poweroff_when_done;
@@ -129,7 +129,7 @@ async fn credentials(args: &AgentArgs, params: &BootParams) -> Result<Credential
     let (Some(pxe), Some(mac), Some(nonce)) = (&params.pxe, &params.mac, &params.nonce) else {
         return Err(AgentError::NoCredentials);
     };
-    let http = reqwest::Client::builder()
+    let http = http_client()
         .connect_timeout(Duration::from_secs(10))
         .timeout(Duration::from_secs(60))
         .build()
@@ -141,6 +141,12 @@ async fn credentials(args: &AgentArgs, params: &BootParams) -> Result<Credential
     link::store(&args.state_dir, &credentials)?;
     tracing::info!(node = %format!("{}/{}", credentials.namespace, credentials.node), session = %credentials.session, server = %credentials.server, "enrolled");
     Ok(credentials)
+}
+
+/// The one way the agent builds an HTTP client (enrolment, image downloads):
+/// TLS through rustls and the system's trust store, if it has one.
+pub(crate) fn http_client() -> reqwest::ClientBuilder {
+    reqwest::Client::builder().tls_backend_preconfigured(crate::tls::platform_or_refusing())
 }
 
 /// What every part of a running agent shares.

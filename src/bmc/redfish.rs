@@ -25,7 +25,6 @@
 
 mod inventory;
 mod model;
-mod tls;
 mod transport;
 
 #[cfg(test)]

@@ -110,8 +110,8 @@ pub fn main(args: OperatorArgs) -> Result<(), Box<dyn std::error::Error>> {
 pub fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn"));
-    // Colours only for a person at a terminal, never in files or pipes.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    // Colours only for a person at a terminal, never in files or pipes, nor with NO_COLOR set.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none();
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     match format {
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).init(),

@@ -75,8 +75,7 @@ impl Fetcher {
         if !matches!(parsed.scheme(), "http" | "https") {
             return Err(ImageError::InvalidUrl { url: shown, detail: "only http and https are supported".into() });
         }
-        ensure_crypto_provider();
-        let client = reqwest::Client::builder()
+        let client = crate::agent::http_client()
             .connect_timeout(options.connect_timeout)
             .read_timeout(options.stall_timeout)
             .build()
@@ -317,14 +316,4 @@ fn describe(error: reqwest::Error) -> String {
         source = cause.source();
     }
     text
-}
-
-/// reqwest is built without a TLS provider of its own and panics building a
-/// client when the process has none; girder installs ring's at start, and
-/// this does the same for callers (tests) that did not.
-fn ensure_crypto_provider() {
-    if rustls::crypto::CryptoProvider::get_default().is_none() {
-        // Losing a race to another installer is fine: one is installed.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    }
 }

@@ -96,7 +96,7 @@ fn shared_client(options: &BmcOptions) -> Result<reqwest::Client, String> {
     if let Some((_, client)) = clients.iter().find(|(k, _)| *k == key) {
         return Ok(client.clone());
     }
-    let tls = super::tls::client_config(options.ca_bundle.as_deref(), options.disable_certificate_verification)?;
+    let tls = crate::tls::client_config(options.ca_bundle.as_deref(), options.disable_certificate_verification)?;
     let client = reqwest::Client::builder()
         .tls_backend_preconfigured(tls)
         .timeout(options.timeout)

@@ -1,5 +1,6 @@
-//! TLS for BMC connections: rustls with the `ring` provider (the one kube
-//! already uses), verified by default.
+//! TLS client configurations: rustls with the `ring` provider (the one kube
+//! already uses), verified by default. BMC connections and the agent's
+//! downloads both build theirs here.
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
@@ -22,7 +23,7 @@ pub fn client_config(ca_bundle: Option<&[u8]>, disable_verification: bool) -> Re
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS protocol versions: {e}"))?;
     let config = if disable_verification {
-        builder.dangerous().with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider)))
+        builder.dangerous().with_custom_certificate_verifier(Arc::new(Unverified { provider, refusal: None }))
     } else if let Some(pem) = ca_bundle {
         let mut roots = RootCertStore::empty();
         for cert in CertificateDer::pem_slice_iter(pem) {
@@ -39,6 +40,26 @@ pub fn client_config(ca_bundle: Option<&[u8]>, disable_verification: bool) -> Re
     Ok(config.with_no_client_auth())
 }
 
+/// A client configuration verified against the platform's trust store or,
+/// where the system has none (a ramdisk built without a CA bundle), one that
+/// refuses every certificate with an error saying so: plain HTTP still works
+/// and HTTPS fails on first use, not at start-up.
+pub fn platform_or_refusing() -> ClientConfig {
+    match client_config(None, false) {
+        Ok(config) => config,
+        Err(why) => {
+            tracing::warn!(%why, "no trusted CA certificates on this system: HTTPS connections will be refused");
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            ClientConfig::builder_with_provider(provider.clone())
+                .with_safe_default_protocol_versions()
+                .expect("ring supports the default protocol versions")
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(Unverified { provider, refusal: Some(why) }))
+                .with_no_client_auth()
+        }
+    }
+}
+
 /// The platform's verifier, built once: it holds the parsed system trust
 /// store, which a thousand BMC clients would otherwise each load and keep.
 fn platform_verifier(provider: Arc<CryptoProvider>) -> Result<Arc<dyn ServerCertVerifier>, ConfigError> {
@@ -53,12 +74,18 @@ fn platform_verifier(provider: Arc<CryptoProvider>) -> Result<Arc<dyn ServerCert
     Ok(verifier)
 }
 
-/// The explicit opt-out (`disableCertificateVerification`): trusts whatever
-/// certificate the BMC shows, but still checks that the BMC holds its key.
+/// A verifier that does not look at the certificate chain: either the
+/// explicit opt-out (`disableCertificateVerification`: whatever certificate
+/// the server shows is trusted, but the server must still hold its key), or,
+/// with a `refusal`, a system without a trust store, where every certificate
+/// is refused with that reason.
 #[derive(Debug)]
-struct AcceptAnyCertificate(Arc<CryptoProvider>);
+struct Unverified {
+    provider: Arc<CryptoProvider>,
+    refusal: Option<String>,
+}
 
-impl ServerCertVerifier for AcceptAnyCertificate {
+impl ServerCertVerifier for Unverified {
     fn verify_server_cert(
         &self,
         _end_entity: &CertificateDer<'_>,
@@ -67,7 +94,10 @@ impl ServerCertVerifier for AcceptAnyCertificate {
         _ocsp_response: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
+        match &self.refusal {
+            None => Ok(ServerCertVerified::assertion()),
+            Some(why) => Err(rustls::Error::General(format!("cannot verify the server's certificate: {why}"))),
+        }
     }
 
     fn verify_tls12_signature(
@@ -76,7 +106,7 @@ impl ServerCertVerifier for AcceptAnyCertificate {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
     fn verify_tls13_signature(
@@ -85,11 +115,11 @@ impl ServerCertVerifier for AcceptAnyCertificate {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
+        self.provider.signature_verification_algorithms.supported_schemes()
     }
 }
 
@@ -103,5 +133,7 @@ mod tests {
         assert!(client_config(None, true).is_ok());
         let err = client_config(Some(b"not a pem"), false).unwrap_err();
         assert!(err.contains("no PEM certificate"), "{err}");
+        // Whatever the system's trust store holds, a configuration comes out.
+        let _ = platform_or_refusing();
     }
 }
