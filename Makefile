@@ -5,7 +5,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: sandbox sandbox-down test controlplane controlplane-down tools crds lint build fuzz
+.PHONY: sandbox sandbox-down test controlplane controlplane-down tools crds lint build fuzz ramdisk
 
 ## Everything on one machine: control plane, operator, sample lab, live progress.
 sandbox:
@@ -39,6 +39,10 @@ lint:
 
 build:
 	$(CARGO) build --release --bin girder
+
+## The discovery/deploy ramdisk (Debian kernel, busybox, static `girder agent`); prints its directory.
+ramdisk:
+	@ramdisk/build.sh
 
 ## Fuzz the PXE sidecar's DHCP and TFTP parsers and DHCP decision, FUZZ_SECONDS (60) per target.
 fuzz:
