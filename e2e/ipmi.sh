@@ -14,6 +14,8 @@
 #                                         DIR/extra.emu  more simulator commands (FRU data...)
 #                                         DIR/guid       the system GUID, 32 hex digits (default: random);
 #                                                        RMCP+ needs one (RAKP signs it)
+#                                         DIR/chassis_control  the chassis program to use instead of the
+#                                                        files below (e.g. "e2e/vm.sh chassis VMDIR")
 #                                       The simulator writes DIR/sim.log and keeps state in DIR.
 #   e2e/ipmi.sh stop PID                stop that simulator and wait until it is gone
 #   e2e/ipmi.sh chassis DIR get|set ... the simulator's chassis_control program (see below)
@@ -46,7 +48,7 @@ install() {
 start() {
   local usage="usage: $0 start PORT DIR USER (password on stdin)"
   local port="${1:?$usage}" dir="${2:?$usage}" user="${3:?$usage}"
-  local password sim self guid=""
+  local password sim self guid="" control
   IFS= read -r password || true
   [ -n "$password" ] || { log "no password on stdin"; exit 1; }
   case "$user$password" in *'"'* | *'\'*) log "user and password may not hold quotes or backslashes"; exit 1 ;; esac
@@ -60,6 +62,9 @@ start() {
   # answers IPMI 1.5 only.
   [ -f "$dir/guid" ] || od -An -N16 -tx1 /dev/urandom | tr -d ' \n' >"$dir/guid"
   guid="guid $(tr -d ' \n-' <"$dir/guid")"
+  # The chassis behind the BMC: files (the default), or DIR/chassis_control's
+  # program (e2e/vm.sh drives a QEMU machine).
+  control="$(cat "$dir/chassis_control" 2>/dev/null || echo "$self chassis $dir")"
 
   (
     umask 077
@@ -75,7 +80,7 @@ set_working_mc 0x20
     allowed_auths_admin none md2 md5 straight
     $guid
   endlan
-  chassis_control "$self chassis $dir"
+  chassis_control "$control"
   user 2 true "$user" "$password" admin 10 none md2 md5 straight
 EOF
   )
@@ -102,51 +107,21 @@ stop() {
   stop_process "${1:?usage: $0 stop PID}"
 }
 
-# ipmi_sim's chassis_control protocol: `PROG get PARM...` prints `PARM:VALUE`
-# lines; `PROG set PARM VALUE...` prints nothing on success.
-chassis() {
-  local dir="${1:?usage: $0 chassis DIR get|set ...}" op="${2:?usage: $0 chassis DIR get|set ...}"
-  shift 2
-  case "$op" in
-    get)
-      for parm in "$@"; do
-        case "$parm" in
-          power) echo "power:$(cat "$dir/power")" ;;
-          boot) echo "boot:$(cat "$dir/boot")" ;;
-          *) echo "invalid parameter: $parm"; exit 1 ;;
-        esac
-      done
-      ;;
-    set)
-      while [ $# -gt 0 ]; do
-        local parm="$1" val="${2:-}"
-        [ -n "$val" ] || { echo "no value for $parm"; exit 1; }
-        shift 2
-        case "$parm" in
-          power) if [ "$val" = 0 ]; then echo 0 >"$dir/power"; else echo 1 >"$dir/power"; fi ;;
-          reset) ;;
-          shutdown) echo 0 >"$dir/power" ;;
-          boot)
-            case "$val" in
-              none | pxe | default | cdrom | bios) echo "$val" >"$dir/boot" ;;
-              *) echo "invalid boot device: $val"; exit 1 ;;
-            esac
-            ;;
-          identify) shift || true ;;
-          *) echo "invalid parameter: $parm"; exit 1 ;;
-        esac
-        echo "$parm $val" >>"$dir/actions"
-      done
-      ;;
-    check) exit 1 ;;
-    *) echo "unknown operation: $op"; exit 1 ;;
+# The file chassis behind ipmi_sim (chassis_control in e2e/lib.sh).
+file_power() { cat "$1/power"; }
+file_set() {
+  local dir="$1" parm="$2" val="$3"
+  case "$parm" in
+    power) if [ "$val" = 0 ]; then echo 0 >"$dir/power"; else echo 1 >"$dir/power"; fi ;;
+    shutdown) echo 0 >"$dir/power" ;;
   esac
+  echo "$parm $val" >>"$dir/actions"
 }
 
 case "${1:-}" in
   install) install ;;
   start) shift; start "$@" ;;
   stop) shift; stop "$@" ;;
-  chassis) shift; chassis "$@" ;;
+  chassis) shift; chassis_control file "$@" ;;
   *) echo "usage: $0 install | start PORT DIR USER | stop PID | chassis DIR get|set ..." >&2; exit 2 ;;
 esac

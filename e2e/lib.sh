@@ -73,3 +73,45 @@ debian_kernel() {
   touch "$dir/.girder-complete"
   echo "$dir"
 }
+
+# chassis_control DRIVER DIR get|set ...: ipmi_sim's chassis_control protocol
+# (`get PARM...` prints `PARM:VALUE` lines, `set PARM VALUE...` prints nothing
+# on success), shared by e2e/ipmi.sh's file chassis and e2e/vm.sh's QEMU one.
+# The boot device is kept in DIR/boot; DRIVER_power DIR prints 1 or 0, and
+# DRIVER_set DIR PARM VALUE carries out power, reset and shutdown (and sees
+# every other accepted set).
+chassis_control() {
+  local driver="${1:?}" dir="${2:?usage: chassis DIR get|set ...}" op="${3:?usage: chassis DIR get|set ...}" parm val
+  shift 3
+  case "$op" in
+    get)
+      for parm in "$@"; do
+        case "$parm" in
+          power) echo "power:$("${driver}_power" "$dir")" ;;
+          boot) echo "boot:$(cat "$dir/boot" 2>/dev/null || echo default)" ;;
+          *) echo "invalid parameter: $parm"; exit 1 ;;
+        esac
+      done
+      ;;
+    set)
+      while [ $# -gt 0 ]; do
+        parm="$1" val="${2:-}"
+        [ -n "$val" ] || { echo "no value for $parm"; exit 1; }
+        shift 2
+        case "$parm" in
+          power | reset | shutdown | identify) ;;
+          boot)
+            case "$val" in
+              none | pxe | default | cdrom | bios) echo "$val" >"$dir/boot" ;;
+              *) echo "invalid boot device: $val"; exit 1 ;;
+            esac
+            ;;
+          *) echo "invalid parameter: $parm"; exit 1 ;;
+        esac
+        "${driver}_set" "$dir" "$parm" "$val"
+      done
+      ;;
+    check) exit 1 ;;
+    *) echo "unknown operation: $op"; exit 1 ;;
+  esac
+}

@@ -44,6 +44,13 @@ if [ "${USE_EXISTING_CLUSTER:-}" != "true" ]; then
   trap - EXIT
 fi
 
+step "girder's ramdisk (make ramdisk) and the test OS image (cached in $GIRDER_CACHE/ramdisk, $GIRDER_CACHE/test-image)"
+# Built here, not from inside the tests: the static agent's cargo build
+# would wait on the lock of the cargo test that runs them.
+GIRDER_RAMDISK_DIR="$(ramdisk/build.sh)"
+export GIRDER_RAMDISK_DIR
+e2e/test-image.sh build "$GIRDER_RAMDISK_DIR" >/dev/null
+
 step "control plane for the tests"
 export GIRDER_HOME="${GIRDER_TEST_HOME:-$GIRDER_CACHE/test}"
 mkdir -p "$GIRDER_HOME"

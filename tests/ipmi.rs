@@ -180,7 +180,12 @@ fn fru_image() -> Vec<u8> {
 
 #[tokio::test]
 async fn identity_and_inventory_match_ipmitool() {
-    let sim = Sim::start(SimConfig { guid: Some("4c4c4544003252108030b4c04f4e4e32"), fru: Some(fru_image()) }).await;
+    let sim = Sim::start(SimConfig {
+        guid: Some("4c4c4544003252108030b4c04f4e4e32"),
+        fru: Some(fru_image()),
+        chassis_control: None,
+    })
+    .await;
     let client = sim.connect().await;
 
     let identity = client.identity().await.unwrap();
@@ -210,7 +215,9 @@ async fn identity_and_inventory_match_ipmitool() {
 
     // Without FRU data: those fields are empty, not an error. (ipmi_sim
     // needs a GUID for RMCP+; this one is in RFC 4122 byte order.)
-    let bare = Sim::start(SimConfig { guid: Some("1571d3525a1043f99eef975924d1ae75"), fru: None }).await;
+    let bare =
+        Sim::start(SimConfig { guid: Some("1571d3525a1043f99eef975924d1ae75"), fru: None, chassis_control: None })
+            .await;
     let client = bare.connect().await;
     let identity = client.identity().await.unwrap();
     assert_eq!(identity.model, None);

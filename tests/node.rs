@@ -30,7 +30,7 @@ async fn lab(count: usize, basic_auth: bool, tls: bool) -> Sushy {
             FakeSystem::new(&format!("0000000a-0000-4000-8000-{i:012}"), &system_name(i), "Off", &[mac.as_str()])
         })
         .collect();
-    Sushy::start(SushyConfig { systems, basic_auth, tls }).await
+    Sushy::start(SushyConfig { systems, basic_auth, tls, ..Default::default() }).await
 }
 
 async fn create_secret(client: &Client, ns: &str, name: &str, password: &str) {

@@ -23,6 +23,9 @@ pub struct SimConfig {
     pub guid: Option<&'static str>,
     /// FRU 0 of the BMC.
     pub fru: Option<Vec<u8>>,
+    /// The chassis program (ipmi_sim's `chassis_control`): by default the
+    /// files of e2e/ipmi.sh; `e2e/vm.sh chassis DIR` powers a QEMU machine.
+    pub chassis_control: Option<String>,
 }
 
 /// A running ipmi_sim, stopped when dropped.
@@ -37,6 +40,9 @@ impl Sim {
         let dir = TempDir::new("girder-ipmi");
         if let Some(guid) = config.guid {
             std::fs::write(dir.0.join("guid"), guid).unwrap();
+        }
+        if let Some(control) = &config.chassis_control {
+            std::fs::write(dir.0.join("chassis_control"), control).unwrap();
         }
         if let Some(fru) = &config.fru {
             let bytes: Vec<String> = fru.iter().map(|b| format!("0x{b:02x}")).collect();

@@ -5,8 +5,10 @@
 
 pub mod agent;
 pub mod ipmi;
+pub mod machine;
 pub mod pxe;
 pub mod pxe_lab;
+pub mod site;
 pub mod sushy;
 
 use girder::api;

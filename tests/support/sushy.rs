@@ -23,6 +23,8 @@ pub struct FakeSystem {
     pub name: String,
     pub power: String,
     pub macs: Vec<String>,
+    /// The fake driver PUTs the system to `SushyConfig::notify_url` on every change.
+    pub notify: bool,
 }
 
 impl FakeSystem {
@@ -32,6 +34,7 @@ impl FakeSystem {
             name: name.into(),
             power: power.into(),
             macs: macs.iter().map(|m| m.to_string()).collect(),
+            notify: false,
         }
     }
 }
@@ -41,6 +44,9 @@ pub struct SushyConfig {
     pub systems: Vec<FakeSystem>,
     pub basic_auth: bool,
     pub tls: bool,
+    /// Where the fake driver reports each change of a notifying system
+    /// (sushy-tools' `EXTERNAL_NOTIFICATION_URL`).
+    pub notify_url: Option<String>,
 }
 
 /// A running `sushy-emulator --fake`, stopped when dropped.
@@ -62,14 +68,18 @@ impl Sushy {
             for s in &config.systems {
                 let nics: Vec<String> = s.macs.iter().map(|m| format!("{{'mac': '{m}'}}")).collect();
                 conf.push_str(&format!(
-                    "  {{'uuid': '{}', 'name': '{}', 'power_state': '{}', 'nics': [{}]}},\n",
+                    "  {{'uuid': '{}', 'name': '{}', 'power_state': '{}', 'nics': [{}], 'external_notifier': {}}},\n",
                     s.uuid,
                     s.name,
                     s.power,
-                    nics.join(", ")
+                    nics.join(", "),
+                    if s.notify { "True" } else { "False" }
                 ));
             }
             conf.push_str("]\n");
+        }
+        if let Some(url) = &config.notify_url {
+            conf.push_str(&format!("EXTERNAL_NOTIFICATION_URL = {url:?}\n"));
         }
         if config.basic_auth {
             let htpasswd = dir.0.join("htpasswd");
