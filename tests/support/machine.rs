@@ -75,6 +75,18 @@ impl Machine {
         self.chassis(&["get", "power"]).trim() == "power:1"
     }
 
+    /// Waits until the machine is off (bounded by `patience`).
+    pub async fn wait_off(&self, patience: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + patience;
+        while self.powered() {
+            if Instant::now() >= deadline {
+                return Err(format!("the machine is still on after {patience:?}; its actions:\n{}", self.actions()));
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        Ok(())
+    }
+
     pub fn serial_log(&self) -> String {
         String::from_utf8_lossy(&std::fs::read(self.dir.join("serial.log")).unwrap_or_default()).into_owned()
     }

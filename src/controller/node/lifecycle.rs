@@ -213,6 +213,11 @@ pub fn decide(node: &Node, status: &BareMetalNodeStatus, facts: &Facts, settings
     }
     fold_agent_inventory(node, &mut d.status);
     let mut d = step(node, d, facts, settings);
+    if facts.booted_ramdisk || facts.booted_disk {
+        // Booted through the BMC: on (or restarting) now, whatever the
+        // status showed before this operation.
+        d.status.power_state = Some(PowerState::On.as_str().to_string());
+    }
     agent_condition(node, facts, &mut d.status);
     d
 }

@@ -284,6 +284,7 @@ fn provisioning_writes_the_image_boots_the_disk_and_waits_for_the_installed_agen
     world.reconcile(&node(&spec), &mut status);
     assert_eq!(world.log, [Io::OpenSession, Io::BootRamdisk]);
     assert_eq!(status.phase, Some(NodePhase::Provisioning));
+    assert_eq!(status.power_state.as_deref(), Some("On"), "booted through the BMC");
     let asked = run(&status);
     assert_eq!(asked.action, RunAction::Deploy);
     assert_eq!(asked.image, spec.image);

@@ -172,8 +172,36 @@ async fn write_status(
     written: &mut Written,
     status: &BareMetalNodeStatus,
 ) -> Result<(), Error> {
+    apply_status(nc, api, node, written, status, false).await
+}
+
+/// [`write_status`] before a piece of I/O that changes something: also when
+/// nothing changed, the same status is applied on the same condition, which
+/// the API server refuses (409) if the decision came from a cache that lags
+/// behind, and otherwise takes as a no-op. Without it, a reconcile whose
+/// cache still showed this controller's write from before a boot (the
+/// write that ended that reconcile not seen yet) found nothing to write and
+/// booted the machine a second time.
+async fn write_status_before_io(
+    nc: &NodeContext,
+    api: &Api<BareMetalNode>,
+    node: &BareMetalNode,
+    written: &mut Written,
+    status: &BareMetalNodeStatus,
+) -> Result<(), Error> {
+    apply_status(nc, api, node, written, status, true).await
+}
+
+async fn apply_status(
+    nc: &NodeContext,
+    api: &Api<BareMetalNode>,
+    node: &BareMetalNode,
+    written: &mut Written,
+    status: &BareMetalNodeStatus,
+    even_unchanged: bool,
+) -> Result<(), Error> {
     let mine = owned(status);
-    if owned(&written.status) == mine {
+    if owned(&written.status) == mine && !even_unchanged {
         return Ok(());
     }
     let (namespace, name) = (node.namespace().unwrap_or_default(), node.name_any());
@@ -185,7 +213,9 @@ async fn write_status(
                 Error::StatusWrite { kind: "BareMetalNode", namespace: namespace.clone(), name: name.clone(), source }
             }
         })?;
-    nc.ctx.metrics.status_written("BareMetalNode");
+    if updated.resource_version() != written.version {
+        nc.ctx.metrics.status_written("BareMetalNode");
+    }
     if written.status.phase != status.phase
         && let Some(phase) = status.phase
     {
@@ -336,7 +366,9 @@ impl Executor<'_> {
                 nc.backoff.succeeded(self.node_key);
                 return Ok(requeue(decision.requeue));
             };
-            if decision.status.phase != written.status.phase || io.needs_status_first() {
+            if io.needs_status_first() {
+                write_status_before_io(nc, self.api, node, &mut written, &decision.status).await?;
+            } else if decision.status.phase != written.status.phase {
                 write_status(nc, self.api, node, &mut written, &decision.status).await?;
             }
             tracing::debug!(?io, phase = ?decision.status.phase, state = ?decision.status.provisioning.as_ref().and_then(|p| p.state), "doing");
