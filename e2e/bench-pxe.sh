@@ -32,15 +32,31 @@
 # HTTP: curl fetches a 100 MB file from girder's /assets/ and the same file
 # from busybox httpd (sendfile) over the same veth, alternating; median and
 # fastest of REPS_HTTP.
+#
+#   e2e/bench-pxe.sh image      (only this part)
+#
+# Image: the agent's image writer (`girder write-image`: the code `girder
+# agent` runs to install an image) against `curl URL | dd of=... bs=1M
+# conv=fsync`, which neither hashes nor converts, on the same path: a
+# IMAGE_MIB (1024) MiB disk of random bytes (no holes to gain from) and its
+# qcow2 conversion from girder pxe's /assets/ over the veth, written from the
+# client namespace to a file under IMAGE_DIR (default /var/tmp: a disk) and to
+# one in /dev/shm; raw with sha256, qcow2 with sha256; REPS_IMAGE (3) runs of
+# each, alternating, median. curl to /dev/null gives the path's ceiling.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 . e2e/lib.sh
 
+PART="${1:-pxe}"
+case "$PART" in pxe | image) ;; *) echo "usage: $0 [pxe|image]" >&2; exit 2 ;; esac
 RATES="${RATES:-250 500 1000 2000 5000 10000 15000 20000}"
 PERIOD="${PERIOD:-10}"
 RANGE="${RANGE:-60000}"
 REPS="${REPS:-20}"
 REPS_HTTP="${REPS_HTTP:-5}"
+IMAGE_MIB="${IMAGE_MIB:-1024}"
+IMAGE_DIR="${IMAGE_DIR:-/var/tmp}"
+REPS_IMAGE="${REPS_IMAGE:-3}"
 HTTP_PORT=18081
 SRV=girder-bench-srv
 CLI=girder-bench
@@ -63,10 +79,12 @@ command -v curl >/dev/null || missing+=(curl)
 [ -f /usr/lib/ipxe/ipxe.efi ] || missing+=(ipxe)
 command -v ip >/dev/null || missing+=(iproute2)
 command -v busybox >/dev/null || missing+=(busybox)
+command -v qemu-img >/dev/null || missing+=(qemu-utils)
 [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
 
 server_pid=""
 extra_pids=()
+extra_dirs=()
 stop_server() {
   [ -n "$server_pid" ] || return 0
   stop_process "$server_pid" 10
@@ -76,6 +94,7 @@ stop_server() {
 cleanup() {
   stop_server
   for pid in "${extra_pids[@]}"; do stop_process "$pid"; done
+  for dir in "${extra_dirs[@]}"; do rm -rf "$dir"; done
   in_srv env GIRDER_HOME="$GIRDER_HOME" e2e/controlplane.sh down >/dev/null 2>&1 || true
   ip netns del "$CLI" 2>/dev/null || true
   ip netns del "$SRV" 2>/dev/null || true
@@ -114,8 +133,6 @@ spec:
 YAML
 
 mkdir -p "$work/assets" "$work/www"
-dd if=/dev/urandom of="$work/assets/big.img" bs=1M count=100 status=none
-ln "$work/assets/big.img" "$work/www/big.img"
 
 # ---- servers -------------------------------------------------------------
 # start_girder / start_dnsmasq [EXTRA...] / start_kea: one fresh server with an
@@ -162,6 +179,70 @@ JSON
   sleep 2
   if grep -q OPEN_SOCKET_FAIL "$work/kea.log" 2>/dev/null; then say "kea-dhcp4 cannot open its socket:"; cat "$work/kea.log" >&2; exit 1; fi
 }
+
+# ---- image --------------------------------------------------------------
+if [ "$PART" = image ]; then
+  say "image: $IMAGE_MIB MiB of random bytes, and its qcow2"
+  dd if=/dev/urandom of="$work/assets/disk.img" bs=1M count="$IMAGE_MIB" status=none
+  qemu-img convert -f raw -O qcow2 "$work/assets/disk.img" "$work/assets/disk.qcow2"
+  raw_sum=$(sha256sum "$work/assets/disk.img" | cut -d' ' -f1)
+  qcow2_sum=$(sha256sum "$work/assets/disk.qcow2" | cut -d' ' -f1)
+  start_girder
+  base="http://10.250.0.1:$HTTP_PORT/assets"
+  # timed FILE COMMAND...: runs COMMAND in the client namespace, appends its
+  # seconds to FILE.
+  timed() {
+    local file="$1" t0; shift
+    t0=$EPOCHREALTIME
+    in_cli "$@" >>"$work/image-out.txt"
+    awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN {printf "%.6f\n", b - a}' >>"$file"
+  }
+  : >"$work/image-out.txt"
+  for where in disk tmpfs; do
+    if [ "$where" = disk ]; then dir="$IMAGE_DIR/girder-bench-image.$$"; else dir="/dev/shm/girder-bench-image.$$"; fi
+    mkdir -p "$dir"
+    extra_dirs+=("$dir")
+    for kind in ceiling dd raw qcow2; do : >"$work/image-$where-$kind.txt"; done
+    say "image: $REPS_IMAGE runs of each writer to a file on $where ($dir)"
+    for i in $(seq "$REPS_IMAGE"); do
+      timed "$work/image-$where-ceiling.txt" curl -fsS -o /dev/null "$base/disk.img"
+      rm -f "$dir/target"
+      timed "$work/image-$where-dd.txt" sh -c "curl -fsS '$base/disk.img' | dd of='$dir/target' bs=1M conv=fsync status=none"
+      rm -f "$dir/target" && : >"$dir/target"
+      timed "$work/image-$where-raw.txt" target/release/girder write-image --url "$base/disk.img" --checksum "$raw_sum" "$dir/target"
+      rm -f "$dir/target" && : >"$dir/target"
+      timed "$work/image-$where-qcow2.txt" target/release/girder write-image --url "$base/disk.qcow2" \
+        --checksum "$qcow2_sum" --format qcow2 "$dir/target"
+      cmp -s "$dir/target" "$work/assets/disk.img" || { say "the qcow2 write does not match the raw image"; exit 1; }
+      rm -f "$dir/target"
+    done
+    rm -rf "$dir"
+  done
+  stop_server
+  # "median MiB/s (median seconds)" of a file of seconds.
+  rate() {
+    sort -g "$1" | awk -v mib="$IMAGE_MIB" '{v[NR] = $1} END {
+      m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
+      printf "%.0f MiB/s (%.2f s)", mib / m, m }'
+  }
+  ratio() { paste <(sort -g "$1") <(sort -g "$2") | awk '{a[NR] = $1; b[NR] = $2} END {
+    m = (NR % 2) ? (NR + 1) / 2 : NR / 2; printf "%.2f×", b[m] / a[m] }'; }
+  rss=$(grep -o '"peakRssKiB":[0-9]*' "$work/image-out.txt" | cut -d: -f2 | sort -n | tail -1)
+  {
+    echo "| $IMAGE_MIB MiB image from girder pxe over a veth, median of $REPS_IMAGE | curl to /dev/null | curl \\| dd bs=1M conv=fsync | girder write-image, raw + sha256 | girder write-image, qcow2 + sha256 | raw against curl \\| dd |"
+    echo "| --- | --- | --- | --- | --- | --- |"
+    for where in disk tmpfs; do
+      echo "| file on $where | $(rate "$work/image-$where-ceiling.txt") | $(rate "$work/image-$where-dd.txt") | $(rate "$work/image-$where-raw.txt") | $(rate "$work/image-$where-qcow2.txt") | $(ratio "$work/image-$where-raw.txt" "$work/image-$where-dd.txt") |"
+    done
+    echo
+    echo "peak RSS of girder write-image: $((rss / 1024)) MiB"
+  } | tee "$work/summary-image.md"
+  say "figures, write reports and summary-image.md are in $work"
+  exit 0
+fi
+
+dd if=/dev/urandom of="$work/assets/big.img" bs=1M count=100 status=none
+ln "$work/assets/big.img" "$work/www/big.img"
 
 # ---- DHCP ----------------------------------------------------------------
 # perfdhcp's statistics for one run: "DO_sent DO_recv RA_sent RA_recv rate".

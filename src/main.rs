@@ -17,6 +17,9 @@ enum Command {
     Pxe(girder::pxe::PxeArgs),
     /// Run the node agent on a machine: inventory, image install, cleaning.
     Agent(girder::agent::AgentArgs),
+    /// Write a disk image to a disk or file as the agent does (download,
+    /// checksum, qcow2), to try an image and its checksum by hand.
+    WriteImage(girder::agent::image::command::WriteImageArgs),
     /// Print the CustomResourceDefinitions as YAML, or write one file per CRD.
     Crdgen(girder::crdgen::CrdgenArgs),
 }
@@ -27,6 +30,7 @@ fn main() -> ExitCode {
         Command::Operator(args) => girder::operator::main(args),
         Command::Pxe(args) => girder::pxe::main(args),
         Command::Agent(args) => girder::agent::main(args),
+        Command::WriteImage(args) => girder::agent::image::command::main(args),
         Command::Crdgen(args) => girder::crdgen::main(args),
     };
     match result {

@@ -385,7 +385,19 @@ async fn take_up(
     };
     agent.report_run(started).await?;
     let report = work::execute(agent, run, node).await;
-    tracing::info!(run = %run.id, state = ?report.state, reason = report.reason.as_deref().unwrap_or(""), "run finished");
+    tracing::info!(
+        run = %run.id,
+        state = ?report.state,
+        reason = report.reason.as_deref().unwrap_or(""),
+        peak_rss_kib = peak_rss_kib().unwrap_or(0),
+        "run finished"
+    );
     journal.done(&report).map_err(|source| LinkError::State { path: agent.state_dir.clone(), source })?;
     agent.report_run(report).await
+}
+
+/// The process's peak resident memory (VmHWM), in KiB, where /proc says it.
+pub fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status.lines().find_map(|line| line.strip_prefix("VmHWM:"))?.split_whitespace().next()?.parse().ok()
 }

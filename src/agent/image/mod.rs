@@ -37,6 +37,7 @@
 //! `tokio_util`'s re-export.
 
 mod checksum;
+pub mod command;
 mod error;
 mod fetch;
 mod qcow2;
