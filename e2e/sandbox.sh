@@ -5,8 +5,10 @@
 # ipmi_sim on UDP 127.0.0.1:$GIRDER_SANDBOX_IPMI_PORT, default 9623), installs the CRDs,
 # runs the operator, applies the sample lab, and shows the nodes moving from
 # Registering to Available and the Workload's plan as they settle.
-# With GIRDER_SANDBOX_VM=1 (as root) it then PXE-boots one QEMU VM against
-# `girder pxe` (e2e/sandbox-vm.sh). Everything stays running afterwards;
+# With GIRDER_SANDBOX_VM=1 (as root) it then installs one QEMU machine behind
+# an IPMI BMC through `girder pxe` and girder's ramdisk (e2e/sandbox-vm.sh):
+# inspected from inside, an OS image written, booted from its disk.
+# Everything stays running afterwards;
 # `make sandbox-down` stops it.
 #
 #   e2e/sandbox.sh up | down
@@ -160,7 +162,7 @@ up() {
   if [ "${GIRDER_SANDBOX_VM:-0}" = 1 ]; then
     e2e/sandbox-vm.sh up "$kubectl" "$NAMESPACE" "$run"
   else
-    say "to also PXE-boot a QEMU VM against girder pxe (as root): GIRDER_SANDBOX_VM=1 make sandbox"
+    say "to also install a QEMU machine through its BMC, girder pxe and the agent (as root): GIRDER_SANDBOX_VM=1 make sandbox"
   fi
   cat <<MSG
 
