@@ -22,8 +22,17 @@ apt_install() {
     exit 1
   fi
   echo "installing Debian packages: $*" >&2
-  apt-get update -qq >&2
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >&2
+  with_apt_lock sh -c 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@"' \
+    apt_install "$@" >&2
+}
+
+# with_apt_lock COMMAND...: runs COMMAND holding this harness's apt lock, so
+# the scripts make test runs side by side (girder's ramdisk builds in the
+# background) never run apt-get at the same time (apt refuses a second one).
+with_apt_lock() {
+  local lock="${GIRDER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/girder}/.apt.lock"
+  mkdir -p "$(dirname "$lock")"
+  flock "$lock" "$@"
 }
 
 # ensure_debs PKG...: installs those of the Debian packages that are missing.
@@ -45,7 +54,7 @@ debian_kernel() {
   if [ -z "$pkg" ]; then
     # No package lists yet (a fresh container): refresh them once.
     [ "$(id -u)" -eq 0 ] || { echo "apt-cache knows no linux-image-amd64; run apt-get update as root" >&2; exit 1; }
-    apt-get update -qq >&2
+    with_apt_lock apt-get update -qq >&2
     pkg="$(apt-cache depends linux-image-amd64 | sed -n 's/^ *Depends: \(linux-image-[0-9].*-amd64\)$/\1/p' | head -n1)"
   fi
   [ -n "$pkg" ] || { echo "cannot tell which kernel package linux-image-amd64 depends on" >&2; exit 1; }
@@ -54,12 +63,17 @@ debian_kernel() {
   dir="$cache/${pkg}_${ver}"
   if [ -f "$dir/.girder-complete" ]; then echo "$dir"; return; fi
   mkdir -p "$cache"
+  # One unpacking at a time (the PXE assets and the ramdisk may ask at once);
+  # this runs in the caller's $(...), so the lock goes with it.
+  exec 8>"$cache/.lock"
+  flock 8
+  if [ -f "$dir/.girder-complete" ]; then echo "$dir"; return; fi
   tmp="$(mktemp -d "$cache/.unpack.XXXXXX")"
   # apt-get download fetches the .deb (as _apt when it can read the
   # directory, hence the mode), dpkg-deb -x unpacks it without installing it.
   chmod 755 "$tmp"
   [ "$(id -u)" -ne 0 ] || chown _apt "$tmp" 2>/dev/null || true
-  (cd "$tmp" && apt-get download -q "$pkg=$ver" >&2) || { rm -rf "$tmp"; echo "apt-get download $pkg=$ver failed" >&2; exit 1; }
+  (cd "$tmp" && with_apt_lock apt-get download -q "$pkg=$ver" >&2) || { rm -rf "$tmp"; echo "apt-get download $pkg=$ver failed" >&2; exit 1; }
   dpkg-deb -x "$tmp/"*.deb "$tmp/unpacked"
   rm -rf "$dir"
   mkdir -p "$dir"

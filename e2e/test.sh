@@ -17,6 +17,14 @@ cargo fmt --all -- --check
 step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --locked -- -D warnings
 
+# girder's ramdisk builds (cargo, cached by content) while the Go tools
+# below build and download: neither keeps both cores busy all the time.
+step "girder's ramdisk (make ramdisk; cached in $GIRDER_CACHE/ramdisk), in the background"
+ramdisk_out="$(mktemp)"
+ramdisk/build.sh >"$ramdisk_out" 2>"$ramdisk_out.log" &
+ramdisk_pid=$!
+trap 'kill "$ramdisk_pid" 2>/dev/null || true; rm -f "$ramdisk_out" "$ramdisk_out.log"' EXIT
+
 step "real peers: etcd, kube-apiserver, kubectl, helm (cached in $GIRDER_CACHE/bin)"
 if [ -n "${KUBEBUILDER_ASSETS:-}" ]; then assets="$KUBEBUILDER_ASSETS"; else assets="$(e2e/tools.sh all)"; fi
 export GIRDER_KUBECTL="${GIRDER_KUBECTL:-$assets/kubectl}"
@@ -33,7 +41,7 @@ e2e/pxe-assets.sh build >/dev/null
 if [ "${USE_EXISTING_CLUSTER:-}" != "true" ]; then
   step "make sandbox, end to end, in its own control plane"
   sandbox_home="$(mktemp -d "${TMPDIR:-/tmp}/girder-sandbox.XXXXXX")"
-  trap 'GIRDER_HOME="$sandbox_home" e2e/sandbox.sh down >/dev/null 2>&1 || true; rm -rf "$sandbox_home"' EXIT
+  trap 'kill "$ramdisk_pid" 2>/dev/null || true; GIRDER_HOME="$sandbox_home" e2e/sandbox.sh down >/dev/null 2>&1 || true; rm -rf "$sandbox_home"' EXIT
   port=8000
   while ss -Hltn "sport = :$port" | grep -q .; do port=$((20000 + RANDOM % 20000)); done
   ipmi_port=9623
@@ -41,13 +49,19 @@ if [ "${USE_EXISTING_CLUSTER:-}" != "true" ]; then
   GIRDER_HOME="$sandbox_home" GIRDER_SANDBOX_REDFISH_PORT="$port" GIRDER_SANDBOX_IPMI_PORT="$ipmi_port" e2e/sandbox.sh up
   GIRDER_HOME="$sandbox_home" e2e/sandbox.sh down
   rm -rf "$sandbox_home"
-  trap - EXIT
 fi
 
-step "girder's ramdisk (make ramdisk) and the test OS image (cached in $GIRDER_CACHE/ramdisk, $GIRDER_CACHE/test-image)"
-# Built here, not from inside the tests: the static agent's cargo build
-# would wait on the lock of the cargo test that runs them.
-GIRDER_RAMDISK_DIR="$(ramdisk/build.sh)"
+step "girder's ramdisk (waiting for its build) and the test OS image (cached in $GIRDER_CACHE/test-image)"
+# Built before the tests, not from inside them: the static agent's cargo
+# build would wait on the lock of the cargo test that runs them.
+if ! wait "$ramdisk_pid"; then
+  cat "$ramdisk_out.log" >&2
+  echo "make ramdisk failed; its output is above" >&2
+  exit 1
+fi
+trap - EXIT
+GIRDER_RAMDISK_DIR="$(cat "$ramdisk_out")"
+rm -f "$ramdisk_out" "$ramdisk_out.log"
 export GIRDER_RAMDISK_DIR
 e2e/test-image.sh build "$GIRDER_RAMDISK_DIR" >/dev/null
 
