@@ -37,7 +37,7 @@ const OPERATOR_FLAGS: [&str; 10] = [
 async fn control_plane() -> Client {
     let client = client().await;
     install_crds(&client).await;
-    run_ok(kubectl().args(["apply", "-f", "config/rbac/agent_policy.yaml"]));
+    install_agent_policy();
     client
 }
 

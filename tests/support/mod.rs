@@ -58,6 +58,26 @@ pub async fn install_crds(client: &Client) {
     }
 }
 
+/// Applies the agents' admission policies (config/rbac/agent_policy.yaml),
+/// once per test process: tests run side by side, and two applies of a
+/// policy that does not exist yet race to create it (AlreadyExists).
+pub fn install_agent_policy() {
+    static APPLIED: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
+    let mut applied = APPLIED.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if !*applied {
+        run_ok(kubectl().args([
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "--field-manager",
+            "girder-tests",
+            "-f",
+            "config/rbac/agent_policy.yaml",
+        ]));
+        *applied = true;
+    }
+}
+
 /// A namespace of its own for one test, deleted when dropped.
 pub struct TestNamespace {
     pub name: String,

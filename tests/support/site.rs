@@ -31,7 +31,7 @@ impl Site {
         let (ramdisk, image) = ramdisk_and_image();
         let client = client().await;
         install_crds(&client).await;
-        run_ok(kubectl().args(["apply", "-f", "config/rbac/agent_policy.yaml"]));
+        install_agent_policy();
         let ns = TestNamespace::new(&client, name).await;
         let lab = Lab::create(name, subnet).unwrap_or_else(|e| panic!("{e}"));
         let router = lab.ipv6_router();
