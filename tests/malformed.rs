@@ -17,15 +17,7 @@ struct RestoreRoleCrd;
 
 impl RestoreRoleCrd {
     fn now(&self) {
-        run_ok(kubectl().args([
-            "apply",
-            "--server-side",
-            "--force-conflicts",
-            "--field-manager",
-            "girder-tests",
-            "-f",
-            "crds/girder.dev_roles.yaml",
-        ]));
+        apply_file("crds/girder.dev_roles.yaml");
     }
 }
 

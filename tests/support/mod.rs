@@ -65,17 +65,22 @@ pub fn install_agent_policy() {
     static APPLIED: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
     let mut applied = APPLIED.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     if !*applied {
-        run_ok(kubectl().args([
-            "apply",
-            "--server-side",
-            "--force-conflicts",
-            "--field-manager",
-            "girder-tests",
-            "-f",
-            "config/rbac/agent_policy.yaml",
-        ]));
+        apply_file("config/rbac/agent_policy.yaml");
         *applied = true;
     }
+}
+
+/// Server-side applies a manifest of the repository as the tests' manager.
+pub fn apply_file(path: &str) {
+    run_ok(kubectl().args([
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "--field-manager",
+        "girder-tests",
+        "-f",
+        path,
+    ]));
 }
 
 /// A namespace of its own for one test, deleted when dropped.

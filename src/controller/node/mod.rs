@@ -165,34 +165,13 @@ impl Written {
 /// the node is still the version it was decided from: a decision made from a
 /// cache that lags behind (this controller's own last write, an agent's
 /// report) is refused with 409 and made again, never acted on.
+///
+/// `even_unchanged` (before a piece of I/O that changes something): the same
+/// status is applied on the same condition also when nothing changed, which
+/// the API server takes as a no-op when current and refuses when stale.
+/// Without it, a reconcile whose cache still showed this controller's write
+/// from before a boot found nothing to write and booted the machine again.
 async fn write_status(
-    nc: &NodeContext,
-    api: &Api<BareMetalNode>,
-    node: &BareMetalNode,
-    written: &mut Written,
-    status: &BareMetalNodeStatus,
-) -> Result<(), Error> {
-    apply_status(nc, api, node, written, status, false).await
-}
-
-/// [`write_status`] before a piece of I/O that changes something: also when
-/// nothing changed, the same status is applied on the same condition, which
-/// the API server refuses (409) if the decision came from a cache that lags
-/// behind, and otherwise takes as a no-op. Without it, a reconcile whose
-/// cache still showed this controller's write from before a boot (the
-/// write that ended that reconcile not seen yet) found nothing to write and
-/// booted the machine a second time.
-async fn write_status_before_io(
-    nc: &NodeContext,
-    api: &Api<BareMetalNode>,
-    node: &BareMetalNode,
-    written: &mut Written,
-    status: &BareMetalNodeStatus,
-) -> Result<(), Error> {
-    apply_status(nc, api, node, written, status, true).await
-}
-
-async fn apply_status(
     nc: &NodeContext,
     api: &Api<BareMetalNode>,
     node: &BareMetalNode,
@@ -322,7 +301,7 @@ impl Executor<'_> {
             Some(Err(err)) => {
                 let failure = (Failure::Bmc, err.reason(), err.to_string());
                 record_failure(&mut status, generation, "RegistrationError", (failure.0, failure.1, &failure.2), now());
-                write_status(nc, self.api, node, &mut written, &status).await?;
+                write_status(nc, self.api, node, &mut written, &status, false).await?;
                 return Ok(Action::await_change());
             }
             Some(Ok(address)) => Some(address),
@@ -362,14 +341,14 @@ impl Executor<'_> {
                 if status.error.as_ref().is_some_and(|e| IO_ERRORS.contains(&e.type_.as_str())) {
                     status.error = None;
                 }
-                write_status(nc, self.api, node, &mut written, &status).await?;
+                write_status(nc, self.api, node, &mut written, &status, false).await?;
                 nc.backoff.succeeded(self.node_key);
                 return Ok(requeue(decision.requeue));
             };
             if io.needs_status_first() {
-                write_status_before_io(nc, self.api, node, &mut written, &decision.status).await?;
+                write_status(nc, self.api, node, &mut written, &decision.status, true).await?;
             } else if decision.status.phase != written.status.phase {
-                write_status(nc, self.api, node, &mut written, &decision.status).await?;
+                write_status(nc, self.api, node, &mut written, &decision.status, false).await?;
             }
             tracing::debug!(?io, phase = ?decision.status.phase, state = ?decision.status.provisioning.as_ref().and_then(|p| p.state), "doing");
             match self.perform(io, address.as_ref(), &decision, &mut facts).await {
@@ -377,7 +356,7 @@ impl Executor<'_> {
                 Err(err) => return self.failed(err, &mut status, &mut written).await,
             }
         }
-        write_status(nc, self.api, node, &mut written, &status).await?;
+        write_status(nc, self.api, node, &mut written, &status, false).await?;
         Ok(Action::requeue(Duration::from_secs(1)))
     }
 
@@ -519,7 +498,7 @@ impl Executor<'_> {
                 );
             }
         }
-        write_status(nc, self.api, node, written, status).await?;
+        write_status(nc, self.api, node, written, status, false).await?;
         // The Secret watch brings a node with a credentials problem back as soon as it changes.
         Ok(Action::requeue(nc.backoff.failed(self.node_key)))
     }
@@ -597,7 +576,7 @@ async fn finalize(
                 &status.conditions,
                 vec![Condition::new("Ready", false, "DeletionBlocked", why, node.metadata.generation)],
             );
-            write_status(nc, api, node, &mut written, &status).await?;
+            write_status(nc, api, node, &mut written, &status, false).await?;
             Ok(Action::requeue(nc.backoff.failed(node_key)))
         }
     }
