@@ -16,6 +16,8 @@ pub mod manager {
     pub const NODE: &str = "girder-operator/node";
     pub const ROLE: &str = "girder-operator/role";
     pub const WORKLOAD: &str = "girder-operator/workload";
+    /// The Workload controller's writes to the NodeRoles it owns.
+    pub const ANNEALER: &str = "girder-operator/annealer";
     pub const NETWORK: &str = "girder-operator/network";
     pub const NODE_NETWORK: &str = "girder-operator/node-network";
 }

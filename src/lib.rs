@@ -10,5 +10,6 @@ pub mod graph;
 pub mod ipam;
 pub mod k8s;
 pub mod operator;
+pub mod plan;
 pub mod pxe;
 pub mod tls;

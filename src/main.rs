@@ -20,6 +20,9 @@ enum Command {
     /// Write a disk image to a disk or file as the agent does (download,
     /// checksum, qcow2), to try an image and its checksum by hand.
     WriteImage(girder::agent::image::command::WriteImageArgs),
+    /// Show a Workload's plan (which node holds which role, in which order,
+    /// in which state) and rehearse a change of it (-f) without applying it.
+    Plan(girder::plan::PlanArgs),
     /// Print the CustomResourceDefinitions as YAML, or write one file per CRD.
     Crdgen(girder::crdgen::CrdgenArgs),
 }
@@ -31,6 +34,7 @@ fn main() -> ExitCode {
         Command::Pxe(args) => girder::pxe::main(args),
         Command::Agent(args) => girder::agent::main(args),
         Command::WriteImage(args) => girder::agent::image::command::main(args),
+        Command::Plan(args) => girder::plan::main(args),
         Command::Crdgen(args) => girder::crdgen::main(args),
     };
     match result {

@@ -67,13 +67,10 @@ async fn sample_workload_plan_has_the_expected_layers() {
     run_ok(kubectl().args(["apply", "-k", "config/samples", "-n", &ns.name]));
     let _operator = Operator::start(OperatorOptions::new(&ns.name, "solo"));
 
-    let workload = settled_workload(&client, &ns.name, "lab-k8s").await;
+    let workload = settled_workload(&client, &ns.name, "lab-etcd").await;
     let status = workload.status.expect("status");
     let layers: Vec<Vec<String>> = status.plan.iter().map(|l| l.roles.clone()).collect();
-    assert_eq!(
-        layers,
-        [["etcd-install"], ["etcd-cluster"], ["k8s-master"], ["k8s-worker"]].map(|l| l.map(String::from).to_vec())
-    );
+    assert_eq!(layers, [["etcd-keys"], ["etcd-ca"], ["etcd"], ["etcd-healthy"]].map(|l| l.map(String::from).to_vec()));
     let barriers: Vec<bool> = status.plan.iter().map(|l| l.barrier).collect();
     assert_eq!(barriers, [false, true, true, true], "Cluster-scoped roles are sync points");
     assert_eq!(status.layer_count, Some(4));
@@ -83,7 +80,7 @@ async fn sample_workload_plan_has_the_expected_layers() {
 
     // Every sample role resolves.
     let roles: Api<Role> = Api::namespaced(client.clone(), &ns.name);
-    for name in ["etcd-install", "etcd-cluster", "k8s-master", "k8s-worker"] {
+    for name in ["etcd-keys", "etcd-ca", "etcd", "etcd-healthy"] {
         wait_for(&format!("role {name} Ready"), || {
             let roles = roles.clone();
             async move {
@@ -269,7 +266,7 @@ async fn an_unchanged_object_gets_no_status_write() {
     let ns = TestNamespace::new(&client, "nowrite").await;
     run_ok(kubectl().args(["apply", "-k", "config/samples", "-n", &ns.name]));
     let mut first = Operator::start(OperatorOptions::new(&ns.name, "first"));
-    let workload = settled_workload(&client, &ns.name, "lab-k8s").await;
+    let workload = settled_workload(&client, &ns.name, "lab-etcd").await;
     let roles: Api<Role> = Api::namespaced(client.clone(), &ns.name);
     let role_versions = || {
         let roles = roles.clone();
@@ -317,7 +314,7 @@ async fn an_unchanged_object_gets_no_status_write() {
     let reconciles = second.metric("girder_reconciles_total{kind=\"Workload\"}").unwrap();
     roles
         .patch(
-            "k8s-worker",
+            "etcd-healthy",
             &PatchParams::default(),
             &Patch::Merge(serde_json::json!({"metadata": {"labels": {"touched": "yes"}}})),
         )
@@ -330,7 +327,7 @@ async fn an_unchanged_object_gets_no_status_write() {
     .await;
 
     let api: Api<Workload> = Api::namespaced(client.clone(), &ns.name);
-    let after = api.get("lab-k8s").await.unwrap();
+    let after = api.get("lab-etcd").await.unwrap();
     assert_eq!(after.metadata.resource_version, workload.metadata.resource_version, "the workload was rewritten");
     // The sample machines' BMCs do not exist here, so their nodes keep
     // counting failed retries; everything else must be left alone.
@@ -340,10 +337,10 @@ async fn an_unchanged_object_gets_no_status_write() {
     }
     let mut roles_after = roles_versions_now(&roles).await;
     let mut expected = roles_before;
-    // Only the label patch itself moved k8s-worker's resourceVersion.
+    // Only the label patch itself moved etcd-healthy's resourceVersion.
     let list = roles.list(&Default::default()).await.unwrap();
     for (i, r) in list.items.iter().enumerate() {
-        if r.metadata.name.as_deref() == Some("k8s-worker") {
+        if r.metadata.name.as_deref() == Some("etcd-healthy") {
             roles_after.remove(i);
             expected.remove(i);
         }

@@ -1,6 +1,7 @@
 //! `girder agent`: runs on the machine (girder's network-booted ramdisk, then
 //! the installed system), reports its inventory, writes images, wipes disks
-//! and reports results to its own BareMetalNode.
+//! and reports results to its own BareMetalNode; it runs the role tasks the
+//! annealer asks of its node ([`tasks`]).
 //!
 //! It speaks the Kubernetes API itself, as its own node and nothing else:
 //! credentials come from girder pxe once per session ([`link`]), the work
@@ -19,6 +20,7 @@ pub mod partition;
 pub mod protocol;
 pub mod runs;
 pub mod seed;
+pub mod tasks;
 pub mod wipe;
 pub mod work;
 
@@ -236,8 +238,12 @@ async fn run(args: AgentArgs) -> Result<(), AgentError> {
     agent.report(|_| {}).await?;
     let heartbeats = tokio::spawn(keep_alive(agent.clone(), lease));
     let renewals = tokio::spawn(renew_token(agent.clone()));
+    let roles = tokio::spawn(tasks::follow(agent.clone()));
     let result = work_loop(agent.clone()).await;
     agent.over.cancel();
+    if let Ok(Err(err)) = roles.await {
+        tracing::info!(error = %err, "role tasks stopped");
+    }
     let _ = heartbeats.await;
     let _ = renewals.await;
     match result {

@@ -4,23 +4,38 @@
 //! run again, and says a run was interrupted instead of guessing.
 
 use crate::api::provisioning::{RunReport, RunState};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
+/// A run's entry; `R` is the report kept (a provisioning run's by default).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(tag = "state", rename_all = "lowercase")]
-pub enum Entry {
+pub enum Entry<R = RunReport> {
     Started,
-    Done { report: RunReport },
+    Done { report: R },
 }
 
-pub struct Journal {
+pub struct Journal<R = RunReport> {
     dir: PathBuf,
+    kind: std::marker::PhantomData<R>,
 }
 
-impl Journal {
+impl Journal<RunReport> {
+    /// The journal of provisioning runs.
     pub fn new(state: &Path) -> Self {
-        Self { dir: state.join("runs") }
+        Self::named(state, "runs")
+    }
+
+    pub fn done(&self, report: &RunReport) -> std::io::Result<()> {
+        self.finished(&report.id, report)
+    }
+}
+
+impl<R: Serialize + DeserializeOwned> Journal<R> {
+    /// The journal in `<state>/<name>`.
+    pub fn named(state: &Path, name: &str) -> Self {
+        Self { dir: state.join(name), kind: std::marker::PhantomData }
     }
 
     /// The file of run `id`; ids that are not plain names have none.
@@ -29,12 +44,12 @@ impl Journal {
         plain.then(|| self.dir.join(format!("{id}.json")))
     }
 
-    pub fn get(&self, id: &str) -> Option<Entry> {
+    pub fn get(&self, id: &str) -> Option<Entry<R>> {
         let bytes = std::fs::read(self.path(id)?).ok()?;
         serde_json::from_slice(&bytes).ok()
     }
 
-    fn put(&self, id: &str, entry: &Entry) -> std::io::Result<()> {
+    fn put(&self, id: &str, entry: &Entry<R>) -> std::io::Result<()> {
         let path = self.path(id).ok_or_else(|| {
             std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("run id {id:?} is not a plain name"))
         })?;
@@ -46,8 +61,12 @@ impl Journal {
         self.put(id, &Entry::Started)
     }
 
-    pub fn done(&self, report: &RunReport) -> std::io::Result<()> {
-        self.put(&report.id, &Entry::Done { report: report.clone() })
+    /// Keeps the report of run `id`, before it is sent.
+    pub fn finished(&self, id: &str, report: &R) -> std::io::Result<()>
+    where
+        R: Clone,
+    {
+        self.put(id, &Entry::Done { report: report.clone() })
     }
 }
 

@@ -7,6 +7,7 @@
 pub mod condition;
 pub mod network;
 pub mod node;
+pub mod noderole;
 pub mod provisioning;
 pub mod role;
 pub mod workload;
@@ -14,6 +15,7 @@ pub mod workload;
 pub use condition::{Condition, ConditionStatus};
 pub use network::{Network, NetworkSpec, NetworkStatus};
 pub use node::{BareMetalNode, BareMetalNodeSpec, BareMetalNodeStatus};
+pub use noderole::{NodeRole, NodeRoleSpec, NodeRoleStatus};
 pub use role::{Role, RoleScope, RoleSpec, RoleStatus, Task};
 pub use workload::{PlanLayer, Workload, WorkloadRole, WorkloadSpec, WorkloadStatus};
 
@@ -25,5 +27,5 @@ pub const GROUP: &str = "girder.dev";
 
 /// Every girder CRD, in a stable order.
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    vec![BareMetalNode::crd(), Network::crd(), Role::crd(), Workload::crd()]
+    vec![BareMetalNode::crd(), Network::crd(), Role::crd(), Workload::crd(), NodeRole::crd()]
 }

@@ -84,7 +84,8 @@ fn default_timeout() -> i32 {
     600
 }
 
-fn free_form_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+/// The schema of a free-form JSON object (attributes, inputs, outputs).
+pub(crate) fn free_form_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({
         "type": "object",
         "x-kubernetes-preserve-unknown-fields": true

@@ -82,15 +82,13 @@ pub struct WorkloadRole {
     pub nodes: Option<Vec<String>>,
     /// Attribute overrides for this role in this workload (JSON).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "free_form_object")]
+    #[schemars(schema_with = "super::role::free_form_object")]
     pub attributes: Option<serde_json::Value>,
-}
-
-fn free_form_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-    schemars::json_schema!({
-        "type": "object",
-        "x-kubernetes-preserve-unknown-fields": true
-    })
+    /// Attribute overrides for this role on one node, by node name (JSON);
+    /// they override `attributes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "super::role::free_form_object")]
+    pub node_attributes: Option<std::collections::BTreeMap<String, serde_json::Value>>,
 }
 
 /// A DNS round-robin pool.
@@ -181,4 +179,7 @@ pub struct RoleCounts {
     /// Bindings failed.
     #[serde(default)]
     pub error: i32,
+    /// The nodes holding the role, in index order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<String>,
 }

@@ -37,6 +37,10 @@ pub struct Context {
 pub enum Error {
     #[error("cannot write the status of {kind} {namespace}/{name}: {source}")]
     StatusWrite { kind: &'static str, namespace: String, name: String, source: kube::Error },
+    #[error("cannot write {kind} {namespace}/{name}: {source}")]
+    Write { kind: &'static str, namespace: String, name: String, source: kube::Error },
+    #[error("{kind} {namespace}/{name}: {field}: {message}")]
+    Invalid { kind: &'static str, namespace: String, name: String, field: &'static str, message: String },
     #[error("{kind} {name} has no namespace")]
     NoNamespace { kind: &'static str, name: String },
     /// Decided from a copy older than the object: decided again shortly.
@@ -49,6 +53,8 @@ impl Error {
     pub fn metric_label(&self) -> &'static str {
         match self {
             Error::StatusWrite { .. } => "StatusWriteFailed",
+            Error::Write { .. } => "WriteFailed",
+            Error::Invalid { .. } => "InvalidSpec",
             Error::NoNamespace { .. } => "NoNamespace",
             Error::Stale { .. } => "Conflict",
         }

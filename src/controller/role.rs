@@ -29,18 +29,23 @@ pub fn graph_of(roles: &Store<GuardedRole>, namespace: &str) -> RoleGraph {
     let mut unreadable = Vec::new();
     for guard in roles.state().iter().filter(|r| r.namespace().as_deref() == Some(namespace)) {
         match &guard.0 {
-            Ok(role) => defs.push(RoleDef {
-                name: role.name_any(),
-                requires: role.spec.requires.clone(),
-                scope: match role.spec.scope {
-                    RoleScope::Node => Scope::Node,
-                    RoleScope::Cluster => Scope::Cluster,
-                },
-            }),
+            Ok(role) => defs.push(role_def(role)),
             Err(invalid) => unreadable.push((guard.name_any(), invalid.error.clone())),
         }
     }
     RoleGraph::new(defs).with_unreadable(unreadable)
+}
+
+/// A Role as the graph sees it.
+pub fn role_def(role: &Role) -> RoleDef {
+    RoleDef {
+        name: role.name_any(),
+        requires: role.spec.requires.clone(),
+        scope: match role.spec.scope {
+            RoleScope::Node => Scope::Node,
+            RoleScope::Cluster => Scope::Cluster,
+        },
+    }
 }
 
 /// Decides a Role's status from the graph of its namespace (pure).

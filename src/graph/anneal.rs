@@ -19,6 +19,9 @@ pub struct Binding {
     pub role: String,
     pub node: String,
     pub state: BindingState,
+    /// Why this binding may not start even when ready (its node's agent is
+    /// away, its inputs are invalid); it stays Todo and says so.
+    pub hold: Option<String>,
 }
 
 /// What the annealer decided for one binding.
@@ -69,6 +72,8 @@ pub fn anneal(graph: &RoleGraph, bindings: &[Binding], max_in_flight: usize) -> 
         let decision = &mut decisions[i];
         if in_flight >= max_in_flight {
             decision.message = format!("ready; waiting for a free slot ({max_in_flight} tasks run at once)");
+        } else if let Some(why) = &bindings[i].hold {
+            decision.message = format!("ready; {why}");
         } else if busy_nodes.contains(&decision.node) {
             decision.message = format!("ready; waiting for the task running on {} to finish", decision.node);
         } else {

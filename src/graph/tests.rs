@@ -234,7 +234,7 @@ mod annealer {
     use BindingState::*;
 
     fn bind(role: &str, node: &str, state: BindingState) -> Binding {
-        Binding { role: role.into(), node: node.into(), state }
+        Binding { role: role.into(), node: node.into(), state, hold: None }
     }
 
     fn state_of(decisions: &[Decision], role: &str, node: &str) -> (BindingState, String) {

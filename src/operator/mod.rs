@@ -218,7 +218,7 @@ async fn run_controllers(
     let nodes = controller::node::run(ctx.clone(), node_settings, shutdown.clone());
     // DNS registration reads allocations and never blocks them.
     let dns = controller::dns::run(ctx.clone(), shutdown.clone());
-    let addresses = address_controllers(ctx.clone(), shutdown.clone())?;
+    let (addresses, node_store, workload_nodes) = address_controllers(ctx.clone(), shutdown.clone())?;
     let roles_api: Api<GuardedRole> = match &ctx.namespace {
         Some(ns) => Api::namespaced(ctx.client.clone(), ns),
         None => Api::all(ctx.client.clone()),
@@ -243,16 +243,22 @@ async fn run_controllers(
             })
             .await;
     };
-    let roles_for_workloads = roles.clone();
-    let workload_shutdown = shutdown.clone();
     let workload_ctx = ctx.clone();
+    let workload_watches = controller::workload::Watches {
+        roles: roles.clone(),
+        role_changes: workload_roles,
+        nodes: node_store.clone(),
+        node_changes: workload_nodes,
+    };
+    let workload_shutdown = shutdown.clone();
     let workloads = async move {
-        // Planning against a half-filled Role cache would report roles as missing.
+        // Planning against half-filled caches would report roles as missing
+        // and nodes as gone.
         tokio::select! {
             _ = workload_shutdown.cancelled() => return,
-            _ = roles_for_workloads.wait_until_ready() => {}
+            _ = async { tokio::join!(workload_watches.roles.wait_until_ready(), workload_watches.nodes.wait_until_ready()) } => {}
         }
-        controller::workload::run(workload_ctx, roles_for_workloads, workload_roles, workload_shutdown).await
+        controller::workload::run(workload_ctx, workload_watches, workload_shutdown).await
     };
     tokio::join!(
         role_reflector,
@@ -267,11 +273,20 @@ async fn run_controllers(
 
 /// The Network and node-network controllers, on one BareMetalNode cache and
 /// one Network cache; they start once both caches are filled, since an empty
-/// node cache would release every address.
+/// node cache would release every address. The node cache (and a
+/// subscription to it) is returned for the Workload controller.
+#[allow(clippy::type_complexity)]
 fn address_controllers(
     ctx: Arc<Context>,
     shutdown: CancellationToken,
-) -> Result<impl Future<Output = ()>, OperatorError> {
+) -> Result<
+    (
+        impl Future<Output = ()>,
+        reflector::Store<kube::core::DeserializeGuard<crate::api::BareMetalNode>>,
+        reflector::ReflectHandle<kube::core::DeserializeGuard<crate::api::BareMetalNode>>,
+    ),
+    OperatorError,
+> {
     use controller::cache::{OnDelete, reflect};
     use controller::{network, node_network};
     let (nodes, node_writer) = reflector::store_shared(16 * 1024);
@@ -299,6 +314,7 @@ fn address_controllers(
         Some(ns) => (Api::namespaced(ctx.client.clone(), ns), Api::namespaced(ctx.client.clone(), ns)),
         None => (Api::all(ctx.client.clone()), Api::all(ctx.client.clone())),
     };
+    let for_workloads = (nodes.clone(), node_changes()?);
     let node_reflector = reflect("BareMetalNode", node_api, node_writer, deleted_nodes, shutdown.clone());
     let network_reflector = reflect("Network", network_api, network_writer, deleted_networks, shutdown.clone());
     let controllers = async move {
@@ -311,9 +327,13 @@ fn address_controllers(
             node_network::run(ctx, node_network_watches, shutdown)
         );
     };
-    Ok(async move {
-        tokio::join!(node_reflector, network_reflector, controllers);
-    })
+    Ok((
+        async move {
+            tokio::join!(node_reflector, network_reflector, controllers);
+        },
+        for_workloads.0,
+        for_workloads.1,
+    ))
 }
 
 fn default_identity() -> String {

@@ -4,7 +4,14 @@
 //! talks to the real API server and girder pxe as it would from a machine;
 //! only the hardware is pretend.
 
-use super::{TempDir, http_get};
+use super::pxe::Pxe;
+use super::{TempDir, http_get, node_where, run_ok, wait_for};
+use girder::api::BareMetalNode;
+use girder::api::provisioning::ProvisioningState;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::PostParams;
+use kube::{Api, Client};
+use serde_json::json;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -12,6 +19,21 @@ use std::process::{Child, Command};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+
+/// The operator's flags for tests with agents: quick power polls, and
+/// heartbeats whose lapse shows within seconds.
+pub const OPERATOR_FLAGS: [&str; 10] = [
+    "--power-poll-interval",
+    "2",
+    "--bmc-timeout",
+    "5",
+    "--agent-lease-duration",
+    "10",
+    "--agent-boot-timeout",
+    "60",
+    "--installed-agent-timeout",
+    "120",
+];
 
 pub const GIB: u64 = 1 << 30;
 pub const MIB: u64 = 1 << 20;
@@ -228,4 +250,89 @@ fn serve(mut conn: TcpStream, file: &Path, cut: &std::sync::Mutex<(u64, u32)>, r
         }
     }
     // A cut answer: the connection closes before Content-Length bytes.
+}
+
+/// girder pxe on loopback (HTTP only), its assets in `lab`: a pretend
+/// ramdisk (the agent runs here, not in it) and `files`.
+pub fn pxe(namespace: &str, lab: &TempDir, files: &[(&str, &Path)]) -> Pxe {
+    let assets = lab.0.join("assets");
+    std::fs::create_dir_all(&assets).unwrap();
+    std::fs::write(assets.join("vmlinuz"), b"kernel").unwrap();
+    std::fs::write(assets.join("initrd.img"), b"initrd").unwrap();
+    for (name, file) in files {
+        std::fs::copy(file, assets.join(name)).unwrap();
+    }
+    let state = lab.0.join("pxe-state");
+    std::fs::create_dir_all(&state).unwrap();
+    let flags =
+        ["--discovery-kernel", "vmlinuz", "--discovery-initrd", "initrd.img", "--discovery-cmdline", "console=ttyS0"];
+    Pxe::start_in(namespace, None, &state, &assets, &flags)
+}
+
+/// A raw disk image: an MBR with one partition, and a recognisable pattern.
+pub fn disk_image(dir: &Path) -> (std::path::PathBuf, String) {
+    let path = dir.join("os.img");
+    let mut bytes = vec![0u8; (16 * MIB) as usize];
+    for (i, b) in bytes.iter_mut().enumerate().skip(MIB as usize) {
+        *b = (i % 251) as u8;
+    }
+    std::fs::write(&path, &bytes).unwrap();
+    let mut sfdisk = std::process::Command::new("sfdisk");
+    sfdisk.args(["--quiet", path.to_str().unwrap()]);
+    let mut child = sfdisk.stdin(std::process::Stdio::piped()).spawn().expect("sfdisk (Debian fdisk)");
+    use std::io::Write as _;
+    child.stdin.take().unwrap().write_all(b"label: dos\nstart=2048, type=83\n").unwrap();
+    assert!(child.wait().unwrap().success());
+    let digest = sha256_file(&path);
+    (path, digest)
+}
+
+pub fn sha256_file(path: &Path) -> String {
+    let out = run_ok(std::process::Command::new("sha256sum").arg(path));
+    out.split_whitespace().next().unwrap().to_string()
+}
+
+pub async fn secret(client: &Client, ns: &str, name: &str, data: serde_json::Value) {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let secret: Secret = serde_json::from_value(json!({ "metadata": { "name": name }, "stringData": data })).unwrap();
+    secrets.create(&PostParams::default(), &secret).await.expect("create Secret");
+}
+
+pub fn session(node: &BareMetalNode) -> Option<String> {
+    node.status.as_ref()?.provisioning.as_ref()?.session.clone()
+}
+
+pub fn state(node: &BareMetalNode) -> Option<ProvisioningState> {
+    node.status.as_ref()?.provisioning.as_ref()?.state
+}
+
+/// Waits for a session the operator expects an agent in, then starts the
+/// agent with the command line girder pxe's script gives the machine.
+pub async fn boot_agent(client: &Client, ns: &str, name: &str, pxe: &Pxe, machine: &FakeMachine, dir: &Path) -> Agent {
+    let node = node_where(client, ns, name, "an agent session waiting for its agent", |n| {
+        session(n).is_some() && state(n) == Some(ProvisioningState::WaitingForAgent)
+    })
+    .await;
+    // girder pxe follows the node through its own watch, a moment behind.
+    let (script, cmdline) = wait_for("the node's ramdisk script from girder pxe", || {
+        let found = boot_cmdline(&pxe.http, &machine.mac).filter(|(script, _)| script.contains("girder.nonce="));
+        async move { found }
+    })
+    .await;
+    let session = session(&node).unwrap();
+    assert!(cmdline.contains("girder.nonce=") && !cmdline.contains(&session), "{script}");
+    Agent::start(machine, &cmdline, dir, &[])
+}
+
+pub fn fat_file(machine: &FakeMachine, disk: &str, name: &str) -> Vec<u8> {
+    use std::io::Read as _;
+    let device = girder::agent::partition::Device::open(&machine.disk(disk)).unwrap();
+    let table = girder::agent::partition::read_table(&device).unwrap().expect("a partition table");
+    let seed = table.partitions.last().expect("the seed partition").clone();
+    let window = girder::agent::seed::Window::new(&device, seed.start_bytes, seed.size_bytes).unwrap();
+    let fs = fatfs::FileSystem::new(window, fatfs::FsOptions::new()).expect("a FAT filesystem");
+    assert_eq!(fs.volume_label().trim(), "CIDATA");
+    let mut bytes = Vec::new();
+    fs.root_dir().open_file(name).unwrap_or_else(|e| panic!("{name}: {e}")).read_to_end(&mut bytes).unwrap();
+    bytes
 }

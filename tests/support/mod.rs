@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod agent;
+pub mod farm;
 pub mod ipmi;
 pub mod machine;
 pub mod pxe;

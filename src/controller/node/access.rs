@@ -7,7 +7,9 @@
 //! - a ServiceAccount `girder-agent-<node>` per node, and a Role (with its
 //!   RoleBinding) that names every object it may touch by `resourceNames`:
 //!   its BareMetalNode (read; status write), its heartbeat Lease, a token for
-//!   itself (renewal), and the user-data Secret its run needs;
+//!   itself (renewal), and the user-data Secret its run needs; and the
+//!   NodeRoles of its namespace (read; status write), which the
+//!   `girder-agent-roles` policy narrows to the report of its own;
 //! - the ValidatingAdmissionPolicy `girder-agent` (config/rbac) does what RBAC
 //!   cannot: an agent may change only `status.agent` of its node, and only
 //!   for the session the operator expects; its tokens must be bound to its
@@ -82,6 +84,11 @@ pub fn role(node: &BareMetalNode, run: Option<&AgentRun>) -> serde_json::Value {
         json!({ "apiGroups": ["girder.dev"], "resources": ["baremetalnodes/status"], "verbs": ["get", "patch", "update"], "resourceNames": [node_name] }),
         json!({ "apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "update", "patch"], "resourceNames": [own] }),
         json!({ "apiGroups": [""], "resources": ["serviceaccounts/token"], "verbs": ["create"], "resourceNames": [own] }),
+        // Its role tasks: every NodeRole of the namespace may be read (the
+        // agent selects its own by spec.node; inputs hold no secrets); the
+        // girder-agent-roles policy lets it write only the report of its own.
+        json!({ "apiGroups": ["girder.dev"], "resources": ["noderoles"], "verbs": ["get", "list", "watch"] }),
+        json!({ "apiGroups": ["girder.dev"], "resources": ["noderoles/status"], "verbs": ["get", "patch", "update"] }),
     ];
     if let Some(secret) = run.and_then(|r| r.user_data.as_ref()) {
         rules.push(
@@ -260,7 +267,12 @@ mod tests {
     fn the_role_names_every_object_and_nothing_else() {
         let role = role(&node(), None);
         let rules = role["rules"].as_array().unwrap();
-        assert!(rules.iter().all(|r| r["resourceNames"].as_array().is_some_and(|n| n.len() == 1)), "{role}");
+        let named = |r: &&serde_json::Value| r["resources"][0].as_str().is_some_and(|r| !r.starts_with("noderoles"));
+        assert!(
+            rules.iter().filter(named).all(|r| r["resourceNames"].as_array().is_some_and(|n| n.len() == 1)),
+            "{role}"
+        );
+        assert_eq!(rules.iter().filter(named).count(), 4, "{role}");
         assert_eq!(rules[0]["resourceNames"][0], "n1");
         assert_eq!(rules[2]["resourceNames"][0], "girder-agent-n1");
         assert!(!role.to_string().contains("secrets"), "no Secret without user-data: {role}");

@@ -1,0 +1,421 @@
+//! The annealer against the real API server: roles bound to provisioned
+//! nodes (support/farm.rs) run by the nodes' own `girder agent`s, in
+//! dependency order, with outputs flowing to children, and each failure
+//! path: a task that fails, one that hangs, an agent killed mid-task, the
+//! operator killed mid-anneal, a cycle. Every task leaves a line in a file
+//! per run, so "ran once" is counted, not assumed.
+
+mod support;
+
+use girder::api::noderole::{NodeRole, RoleRunState};
+use girder::api::{ConditionStatus, Workload};
+use girder::graph::BindingState;
+use kube::api::{ListParams, Patch, PatchParams};
+use kube::{Api, Client, ResourceExt};
+use serde_json::json;
+use std::path::Path;
+use support::farm::{Farm, OPERATOR_FLAGS};
+use support::*;
+
+async fn bindings(client: &Client, ns: &str, workload: &str) -> Vec<NodeRole> {
+    let api: Api<NodeRole> = Api::namespaced(client.clone(), ns);
+    let mut list = api.list(&ListParams::default()).await.expect("list NodeRoles").items;
+    list.retain(|b| b.spec.workload == workload);
+    list.sort_by_key(|b| b.name_any());
+    list
+}
+
+fn state(b: &NodeRole) -> Option<BindingState> {
+    b.status.as_ref()?.state
+}
+
+fn message(b: &NodeRole) -> String {
+    b.status.as_ref().and_then(|s| s.message.clone()).unwrap_or_default()
+}
+
+/// Waits until `check` holds for the workload's bindings; returns them.
+async fn bindings_where(farm: &Farm, workload: &str, what: &str, check: impl Fn(&[NodeRole]) -> bool) -> Vec<NodeRole> {
+    let (client, ns) = (farm.client.clone(), farm.ns.name.clone());
+    let what = format!("{workload}: {what}");
+    let found = wait_for(&what, || {
+        let (client, ns) = (client.clone(), ns.clone());
+        let check = &check;
+        async move {
+            let list = bindings(&client, &ns, workload).await;
+            check(&list).then_some(list)
+        }
+    });
+    found.await
+}
+
+async fn workload_condition(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    type_: &str,
+) -> Option<(ConditionStatus, String, String)> {
+    let api: Api<Workload> = Api::namespaced(client.clone(), ns);
+    let w = api.get_opt(name).await.ok()??;
+    let c = girder::api::condition::find(&w.status?.conditions, type_)?.clone();
+    Some((c.status, c.reason, c.message))
+}
+
+fn all_in(list: &[NodeRole], n: usize, s: BindingState) -> bool {
+    list.len() == n && list.iter().all(|b| state(b) == Some(s))
+}
+
+/// Lines of the file a task appends to on each run.
+fn runs(dir: &Path, name: &str) -> Vec<String> {
+    std::fs::read_to_string(dir.join(name)).unwrap_or_default().lines().map(str::to_string).collect()
+}
+
+fn role_yaml(name: &str, scope: &str, requires: &[&str], extra: &str, script: &str) -> String {
+    let script: String = script.lines().map(|l| format!("      {l}\n")).collect();
+    format!(
+        "---\napiVersion: girder.dev/v1alpha1\nkind: Role\nmetadata: {{name: {name}}}\nspec:\n  scope: {scope}\n  requires: {requires:?}\n  task:\n{extra}    script: |\n{script}"
+    )
+}
+
+#[tokio::test]
+async fn roles_run_in_dependency_order_on_the_nodes_agents_and_failures_say_where() {
+    let mut farm = Farm::new("roles", 3, "127.91.0").await;
+    let (client, ns) = (farm.client.clone(), farm.ns.name.clone());
+    let marks = farm.lab.0.join("marks");
+    std::fs::create_dir_all(&marks).unwrap();
+    let marks_dir = marks.to_str().unwrap();
+
+    // greet (Node) on every node -> gather (Cluster, one node: the barrier)
+    // -> spread (Cluster, every node, gets gather's outputs).
+    let mut yaml = String::new();
+    yaml += &role_yaml(
+        "greet",
+        "Node",
+        &[],
+        "    timeoutSeconds: 30\n",
+        &format!(
+            "set -eu\ns=$(date +%s%N)\nin=$(cat)\nip=$(printf '%s' \"$in\" | jq -r '.node.addresses.admin[0]')\necho \"$GIRDER_RUN $(printf '%s' \"$in\" | jq -r .attributes.word)\" >> {marks_dir}/greet-$GIRDER_NODE\necho \"greeting from $GIRDER_NODE\"\nsleep 0.2\necho \"$s $(date +%s%N)\" >> {marks_dir}/spans\nprintf '{{\"greeting\": \"%s at %s\"}}\\n' \"$GIRDER_NODE\" \"$ip\""
+        ),
+    );
+    yaml += &role_yaml(
+        "gather",
+        "Cluster",
+        &["greet"],
+        "    timeoutSeconds: 30\n",
+        &format!(
+            "set -eu\necho \"$GIRDER_RUN\" >> {marks_dir}/gather\njq -c '{{all: [.parents.greet[].outputs.greeting] | sort, members: (.parents.greet | length)}}' \"$GIRDER_INPUTS\" > \"$GIRDER_OUTPUTS\""
+        ),
+    );
+    yaml += &role_yaml(
+        "spread",
+        "Cluster",
+        &["gather"],
+        "    timeoutSeconds: 30\n",
+        &format!("set -eu\njq -c '.parents.gather[0].outputs' \"$GIRDER_INPUTS\" > {marks_dir}/spread-$GIRDER_NODE"),
+    );
+    let hello = "---\napiVersion: girder.dev/v1alpha1\nkind: Workload\nmetadata: {name: hello}\nspec:\n  nodeSelector: {matchLabels: {farm: \"yes\"}}\n  roles:\n  - {role: greet, attributes: {word: WORD}}\n  - {role: gather, count: 1}\n  - {role: spread}\n  rollout: {maxInFlight: 1}\n";
+    yaml += &hello.replace("WORD", "one");
+    apply_yaml(&ns, &yaml);
+
+    let done = bindings_where(&farm, "hello", "all 7 bindings Active", |l| all_in(l, 7, BindingState::Active)).await;
+    // Each greet ran once; gather saw all three, after all three.
+    for name in &farm.names {
+        assert_eq!(runs(&marks, &format!("greet-{name}")).len(), 1, "{}", farm.agent_logs());
+    }
+    let gather = done.iter().find(|b| b.spec.role == "gather").unwrap();
+    let outputs = gather.status.as_ref().unwrap().outputs.clone().unwrap();
+    assert_eq!(outputs["members"], 3, "{outputs}");
+    let all: Vec<String> = serde_json::from_value(outputs["all"].clone()).unwrap();
+    assert_eq!(all.len(), 3);
+    assert!(all[0].starts_with("roles-0 at 127.91.0."), "{all:?}");
+    // Outputs flowed to every spread member through its inputs.
+    for name in &farm.names {
+        let seen = std::fs::read_to_string(marks.join(format!("spread-{name}"))).unwrap();
+        assert_eq!(serde_json::from_str::<serde_json::Value>(&seen).unwrap(), outputs);
+    }
+    // The report: timing, a log tail, the exit code.
+    let greet = done.iter().find(|b| b.spec.role == "greet").unwrap();
+    let report = greet.status.as_ref().unwrap().report.clone().unwrap();
+    assert_eq!(report.state, RoleRunState::Succeeded);
+    assert_eq!(report.exit_code, Some(0));
+    assert!(report.log_tail.unwrap_or_default().contains("greeting from"));
+    assert!(report.milliseconds.is_some() && report.started.is_some());
+    let (ready, reason, _) = workload_condition(&client, &ns, "hello", "Ready").await.unwrap();
+    assert_eq!((ready, reason.as_str()), (ConditionStatus::True, "AllActive"));
+
+    // maxInFlight: 1 held: no two greet runs overlapped.
+    let mut spans: Vec<(u128, u128)> = runs(&marks, "spans")
+        .iter()
+        .map(|l| {
+            let (a, b) = l.split_once(' ').unwrap();
+            (a.parse().unwrap(), b.parse().unwrap())
+        })
+        .collect();
+    spans.sort();
+    assert_eq!(spans.len(), 3);
+    assert!(spans.windows(2).all(|w| w[0].1 <= w[1].0), "overlapping runs: {spans:?}");
+
+    // An agent's token cannot report on another node's binding.
+    let other = done.iter().find(|b| b.spec.node != farm.names[0]).unwrap().name_any();
+    let token = farm.agents[0].as_ref().unwrap().token();
+    let as_agent = {
+        let mut config = kube::Config::infer().await.unwrap();
+        config.auth_info = kube::config::AuthInfo { token: Some(token.into()), ..Default::default() };
+        Client::try_from(config).unwrap()
+    };
+    let api: Api<NodeRole> = Api::namespaced(as_agent, &ns);
+    let forged = api
+        .patch_status(
+            &other,
+            &PatchParams::apply("girder-agent").force(),
+            &Patch::Apply(json!({
+            "apiVersion": "girder.dev/v1alpha1", "kind": "NodeRole",
+            "status": { "report": { "id": "x", "state": "Succeeded" } } })),
+        )
+        .await;
+    match forged {
+        Err(kube::Error::Api(s)) => assert_eq!(s.code, 403, "{s:?}"),
+        other => panic!("another node's binding was writable: {other:?}"),
+    }
+
+    // A change of attributes re-runs what it reaches, one at a time.
+    // Rehearsed first: girder plan runs the operator's decision on the
+    // changed workload and applies nothing.
+    let plan = |extra: &[&str]| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_girder"));
+        run_ok(cmd.args(["plan", "hello", "-n", &ns]).args(extra))
+    };
+    let now = plan(&[]);
+    assert!(now.contains("layer 1: gather (Cluster: waits for every binding of greet)"), "{now}");
+    assert!(now.contains("create 0 bindings; remove 0; run 0 again"), "{now}");
+    let changed = farm.lab.0.join("hello-two.yaml");
+    std::fs::write(&changed, hello.replace("WORD", "two")).unwrap();
+    let rehearsed = plan(&["-f", changed.to_str().unwrap()]);
+    assert!(
+        rehearsed.contains("Applying it would create 0 bindings; remove 0; run 3 again: hello.greet."),
+        "{rehearsed}"
+    );
+    assert_eq!(runs(&marks, "spans").len(), 3, "a rehearsal runs nothing");
+    apply_yaml(&ns, &hello.replace("WORD", "two"));
+    bindings_where(&farm, "hello", "greet re-run everywhere with the new word", |l| {
+        all_in(l, 7, BindingState::Active)
+            && farm
+                .names
+                .iter()
+                .all(|n| runs(&marks, &format!("greet-{n}")).last().is_some_and(|l| l.ends_with(" two")))
+    })
+    .await;
+    for name in &farm.names {
+        assert_eq!(runs(&marks, &format!("greet-{name}")).len(), 2, "greet on {name} ran once more, no more");
+    }
+
+    // The operator killed mid-anneal: another workload converges once a new
+    // one starts, nothing ran twice.
+    yaml = role_yaml(
+        "slow",
+        "Node",
+        &[],
+        "    timeoutSeconds: 60\n    destructive: true\n",
+        &format!("echo \"$GIRDER_RUN\" >> {marks_dir}/slow-$GIRDER_NODE\nsleep 3"),
+    );
+    yaml += "---\napiVersion: girder.dev/v1alpha1\nkind: Workload\nmetadata: {name: slow}\nspec:\n  roles:\n  - {role: slow}\n";
+    apply_yaml(&ns, &yaml);
+    bindings_where(&farm, "slow", "a slow task running", |l| l.iter().any(|b| state(b) == Some(BindingState::Running)))
+        .await;
+    let mut operator = farm.operator.take().unwrap();
+    operator.signal("KILL");
+    operator.wait_exit().await;
+    drop(operator);
+    farm.operator = Some(Operator::start_with(OperatorOptions::new(&ns, "roles-again"), &OPERATOR_FLAGS));
+    bindings_where(&farm, "slow", "every slow binding Active after the restart", |l| {
+        all_in(l, 3, BindingState::Active)
+    })
+    .await;
+    for name in &farm.names {
+        assert_eq!(runs(&marks, &format!("slow-{name}")).len(), 1, "a destructive task ran once on {name}");
+    }
+}
+
+#[tokio::test]
+async fn failures_block_descendants_timeouts_kill_and_an_interrupted_task_is_not_rerun_if_destructive() {
+    let mut farm = Farm::new("roles-fail", 2, "127.92.0").await;
+    let (client, ns) = (farm.client.clone(), farm.ns.name.clone());
+    let marks = farm.lab.0.join("marks");
+    std::fs::create_dir_all(&marks).unwrap();
+    let marks_dir = marks.to_str().unwrap();
+
+    // A cycle blocks before anything is created.
+    let mut yaml = role_yaml("loop-a", "Node", &["loop-b"], "", "true");
+    yaml += &role_yaml("loop-b", "Node", &["loop-a"], "", "true");
+    yaml += "---\napiVersion: girder.dev/v1alpha1\nkind: Workload\nmetadata: {name: loop}\nspec:\n  roles:\n  - {role: loop-a}\n  - {role: loop-b}\n";
+    apply_yaml(&ns, &yaml);
+    let blocked = wait_for("the cyclic workload Blocked", || {
+        let client = client.clone();
+        let ns = ns.clone();
+        async move { workload_condition(&client, &ns, "loop", "Blocked").await.filter(|c| c.0 == ConditionStatus::True) }
+    })
+    .await;
+    assert_eq!(blocked.1, "DependencyCycle");
+    assert!(blocked.2.contains("loop-a -> loop-b -> loop-a"), "{}", blocked.2);
+
+    // A failing task: Error with its exit code and output; its child Blocked naming it.
+    yaml = role_yaml(
+        "breaks",
+        "Node",
+        &[],
+        "    timeoutSeconds: 30\n    retries: 1\n",
+        &format!("echo \"$GIRDER_ATTEMPT\" >> {marks_dir}/breaks-$GIRDER_NODE\necho 'disk on fire' >&2\nexit 3"),
+    );
+    yaml += &role_yaml("after", "Cluster", &["breaks"], "    timeoutSeconds: 30\n", "true");
+    yaml += &role_yaml(
+        "hangs",
+        "Node",
+        &[],
+        "    timeoutSeconds: 2\n",
+        &format!("sh -c 'sleep 300; true' {marks_dir}/hang-$GIRDER_NODE &\nwait"),
+    );
+    yaml += "---\napiVersion: girder.dev/v1alpha1\nkind: Workload\nmetadata: {name: broken}\nspec:\n  roles:\n  - {role: breaks, count: 1}\n  - {role: after}\n  - {role: hangs, count: 1}\n";
+    apply_yaml(&ns, &yaml);
+    let list = bindings_where(&farm, "broken", "breaks and hangs in Error, after Blocked", |l| {
+        let of = |role: &str| l.iter().filter(move |b| b.spec.role == role).collect::<Vec<_>>();
+        of("breaks").iter().all(|b| state(b) == Some(BindingState::Error))
+            && of("hangs").iter().all(|b| state(b) == Some(BindingState::Error))
+            && of("after").len() == 2
+            && of("after")
+                .iter()
+                .all(|b| state(b) == Some(BindingState::Blocked) && message(b).contains("breaks failed"))
+    })
+    .await;
+    let breaks = list.iter().find(|b| b.spec.role == "breaks").unwrap();
+    let report = breaks.status.as_ref().unwrap().report.clone().unwrap();
+    assert_eq!(report.exit_code, Some(3));
+    assert_eq!(report.reason.as_deref(), Some("TaskFailed"));
+    assert!(message(breaks).contains("disk on fire"), "{}", message(breaks));
+    assert_eq!(runs(&marks, &format!("breaks-{}", breaks.spec.node)), ["1", "2"], "one retry, then Error");
+    for after in list.iter().filter(|b| b.spec.role == "after") {
+        assert!(message(after).contains(&format!("breaks failed on {}", breaks.spec.node)), "{}", message(after));
+    }
+    let hangs = list.iter().find(|b| b.spec.role == "hangs").unwrap();
+    assert!(message(hangs).contains("TaskTimedOut"), "{}", message(hangs));
+    let left = std::process::Command::new("pgrep").args(["-f", &format!("{marks_dir}/hang-")]).output().unwrap();
+    assert!(left.stdout.is_empty(), "the timeout killed the task's whole process group");
+    let (degraded, reason, text) = workload_condition(&client, &ns, "broken", "Degraded").await.unwrap();
+    assert_eq!((degraded, reason.as_str()), (ConditionStatus::True, "BindingFailed"));
+    assert!(text.contains("failed"), "{text}");
+
+    // An agent killed mid-task: a non-destructive task runs again; a
+    // destructive one is not run again and says so.
+    for (role, destructive) in [("resumable", false), ("once", true)] {
+        yaml = role_yaml(
+            role,
+            "Node",
+            &[],
+            &format!("    timeoutSeconds: 60\n    destructive: {destructive}\n"),
+            &format!("echo \"$GIRDER_RUN\" >> {marks_dir}/{role}\nsleep 4"),
+        );
+        yaml += &format!(
+            "---\napiVersion: girder.dev/v1alpha1\nkind: Workload\nmetadata: {{name: {role}}}\nspec:\n  roles:\n  - {{role: {role}, nodes: [{}]}}\n",
+            farm.names[1]
+        );
+        apply_yaml(&ns, &yaml);
+        bindings_where(&farm, role, "running", |l| l.iter().any(|b| state(b) == Some(BindingState::Running))).await;
+        wait_for("the task to start on the node", || {
+            let started = !runs(&marks, role).is_empty();
+            async move { started.then_some(()) }
+        })
+        .await;
+        farm.restart_agent(1);
+        let expected = if destructive { BindingState::Error } else { BindingState::Active };
+        let list =
+            bindings_where(&farm, role, &format!("{expected:?} after the agent restarted"), |l| all_in(l, 1, expected))
+                .await;
+        let ran = runs(&marks, role);
+        if destructive {
+            assert_eq!(ran.len(), 1, "a destructive task is not run again: {ran:?}");
+            assert!(message(&list[0]).contains("destructive"), "{}", message(&list[0]));
+        } else {
+            assert_eq!(ran.len(), 2, "interrupted, then run again: {ran:?}");
+            assert_ne!(ran[0], ran[1], "as a new run");
+        }
+    }
+    let _ = client;
+}
+
+/// The etcd binary `make test` built (beside kubectl in the tools' assets).
+fn etcd_binary() -> std::path::PathBuf {
+    let kubectl = std::env::var("GIRDER_KUBECTL").expect("GIRDER_KUBECTL (make test sets it)");
+    Path::new(&kubectl).with_file_name("etcd")
+}
+
+/// curl with the client certificate of `pki`.
+fn curl_tls(pki: &Path, url: &str, client_cert: bool) -> (bool, String) {
+    let mut cmd = std::process::Command::new("curl");
+    cmd.args(["-sS", "--max-time", "5", "--cacert"]).arg(pki.join("ca.crt"));
+    if client_cert {
+        cmd.arg("--cert").arg(pki.join("client.crt")).arg("--key").arg(pki.join("client.key"));
+    }
+    let out = cmd.arg(url).output().expect("curl");
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+}
+
+#[tokio::test]
+async fn the_sample_roles_form_a_tls_etcd_cluster_whose_members_know_each_other_before_any_starts() {
+    let farm = Farm::new("etcd", 3, "127.93.0").await;
+    let (client, ns) = (farm.client.clone(), farm.ns.name.clone());
+    let assets = farm.serve("etcd", &etcd_binary());
+    let assets = assets.trim_end_matches("/etcd");
+    let data = farm.lab.0.join("etcd");
+    let data = data.to_str().unwrap();
+    run_ok(kubectl().args(["apply", "-n", &ns, "-f", "config/samples/roles.yaml"]));
+    apply_yaml(
+        &ns,
+        &format!(
+            r#"apiVersion: girder.dev/v1alpha1
+kind: Workload
+metadata: {{name: etcd}}
+spec:
+  roles:
+  - {{role: etcd-keys, count: 3, attributes: {{dataDir: "{data}", network: admin}}}}
+  - {{role: etcd-ca, count: 1, attributes: {{dataDir: "{data}", extraSANs: ["127.0.0.1"]}}}}
+  - {{role: etcd, count: 3, attributes: {{dataDir: "{data}", network: admin, assets: "{assets}"}}}}
+  - {{role: etcd-healthy, count: 1, attributes: {{dataDir: "{data}"}}}}
+"#
+        ),
+    );
+    let done = bindings_where(&farm, "etcd", "all 8 bindings Active", |l| {
+        let failed = l.iter().find(|b| state(b) == Some(BindingState::Error));
+        assert!(
+            failed.is_none(),
+            "{}: {}\n{}",
+            failed.unwrap().name_any(),
+            message(failed.unwrap()),
+            farm.agent_logs()
+        );
+        all_in(l, 8, BindingState::Active)
+    })
+    .await;
+    let healthy = done.iter().find(|b| b.spec.role == "etcd-healthy").unwrap();
+    let outputs = healthy.status.as_ref().unwrap().outputs.clone().unwrap();
+    assert_eq!(outputs["members"], 3, "{outputs}");
+    let endpoints: Vec<String> = outputs["endpoints"].as_str().unwrap().split(',').map(str::to_string).collect();
+    assert_eq!(endpoints.len(), 3);
+    // Every member answers over TLS, to a client certificate of the cluster's
+    // CA only; the members are the three nodes' addresses from IPAM.
+    let pki = Path::new(data).join(&farm.names[0]).join("pki");
+    for endpoint in &endpoints {
+        assert!(endpoint.starts_with("https://127.93.0."), "{endpoint}");
+        let (ok, body) = curl_tls(&pki, &format!("{endpoint}/health"), true);
+        assert!(ok && body.contains("\"health\":\"true\""), "{endpoint}: {body}");
+        let (ok, body) = curl_tls(&pki, &format!("{endpoint}/health"), false);
+        assert!(!ok, "{endpoint} answered without a client certificate: {body}");
+    }
+    // The CA key stayed on the CA's node; each member's key on its own.
+    let ca = done.iter().find(|b| b.spec.role == "etcd-ca").unwrap();
+    let ca_outputs = ca.status.as_ref().unwrap().outputs.clone().unwrap();
+    assert!(!ca_outputs.to_string().contains("PRIVATE KEY"), "no key in the CA's outputs");
+    for b in &done {
+        let status = serde_json::to_string(&b.status).unwrap();
+        assert!(!status.contains("PRIVATE KEY"), "{} holds a private key in its status", b.name_any());
+    }
+    let (ready, _, _) = workload_condition(&client, &ns, "etcd", "Ready").await.unwrap();
+    assert_eq!(ready, ConditionStatus::True);
+}
