@@ -14,6 +14,7 @@ use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 use std::path::Path;
+use support::bind::{Bind, dig_until, set};
 use support::farm::{Farm, OPERATOR_FLAGS};
 use support::*;
 
@@ -357,31 +358,33 @@ fn curl_tls(pki: &Path, url: &str, client_cert: bool) -> (bool, String) {
     (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
 }
 
-#[tokio::test]
-async fn the_sample_roles_form_a_tls_etcd_cluster_whose_members_know_each_other_before_any_starts() {
-    let farm = Farm::new("etcd", 3, "127.93.0").await;
-    let (client, ns) = (farm.client.clone(), farm.ns.name.clone());
-    let assets = farm.serve("etcd", &etcd_binary());
-    let assets = assets.trim_end_matches("/etcd");
-    let data = farm.lab.0.join("etcd");
-    let data = data.to_str().unwrap();
-    run_ok(kubectl().args(["apply", "-n", &ns, "-f", "config/samples/roles.yaml"]));
+/// The etcd sample workload with `count` members, into the farm's namespace.
+fn etcd_workload(ns: &str, data: &str, assets: &str, count: usize) {
     apply_yaml(
-        &ns,
+        ns,
         &format!(
             r#"apiVersion: girder.dev/v1alpha1
 kind: Workload
 metadata: {{name: etcd}}
 spec:
   roles:
-  - {{role: etcd-keys, count: 3, attributes: {{dataDir: "{data}", network: admin}}}}
+  - {{role: etcd-keys, count: {count}, attributes: {{dataDir: "{data}", network: admin}}}}
   - {{role: etcd-ca, count: 1, attributes: {{dataDir: "{data}", extraSANs: ["127.0.0.1"]}}}}
-  - {{role: etcd, count: 3, attributes: {{dataDir: "{data}", network: admin, assets: "{assets}"}}}}
+  - {{role: etcd, count: {count}, attributes: {{dataDir: "{data}", network: admin, assets: "{assets}"}}}}
   - {{role: etcd-healthy, count: 1, attributes: {{dataDir: "{data}"}}}}
+  dnsPools:
+  - {{name: etcd.farm.test, role: etcd, network: admin}}
+  rollout: {{maxInFlight: 1}}
 "#
         ),
     );
-    let done = bindings_where(&farm, "etcd", "all 8 bindings Active", |l| {
+}
+
+/// Waits for `n` etcd members all Active and healthy, and the DNS pool to
+/// name exactly them; returns the endpoints etcd-healthy checked and the
+/// bindings.
+async fn etcd_settled(farm: &Farm, bind: &Bind, n: usize) -> (Vec<String>, Vec<NodeRole>) {
+    let done = bindings_where(farm, "etcd", &format!("{n} members: every binding Active"), |l| {
         let failed = l.iter().find(|b| state(b) == Some(BindingState::Error));
         assert!(
             failed.is_none(),
@@ -390,16 +393,67 @@ spec:
             message(failed.unwrap()),
             farm.agent_logs()
         );
-        all_in(l, 8, BindingState::Active)
+        let healthy = l.iter().find(|b| b.spec.role == "etcd-healthy");
+        let members = healthy.and_then(|b| b.status.as_ref()?.outputs.as_ref()?.get("members")?.as_u64());
+        all_in(l, 2 * n + 2, BindingState::Active) && members == Some(n as u64)
     })
     .await;
     let healthy = done.iter().find(|b| b.spec.role == "etcd-healthy").unwrap();
     let outputs = healthy.status.as_ref().unwrap().outputs.clone().unwrap();
-    assert_eq!(outputs["members"], 3, "{outputs}");
     let endpoints: Vec<String> = outputs["endpoints"].as_str().unwrap().split(',').map(str::to_string).collect();
-    assert_eq!(endpoints.len(), 3);
+    assert_eq!(endpoints.len(), n, "{outputs}");
+    let addresses: Vec<&str> =
+        endpoints.iter().map(|e| e.trim_start_matches("https://").trim_end_matches(":2379")).collect();
+    dig_until(bind, &["etcd.farm.test", "A"], set(&addresses)).await;
+    (endpoints, done)
+}
+
+/// The members etcd itself lists, through `endpoint`.
+fn etcd_members(pki: &Path, endpoint: &str) -> Vec<String> {
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "5", "--cacert"])
+        .arg(pki.join("ca.crt"))
+        .arg("--cert")
+        .arg(pki.join("client.crt"))
+        .arg("--key")
+        .arg(pki.join("client.key"))
+        .args(["-X", "POST", "-d", "{}", &format!("{endpoint}/v3/cluster/member/list")])
+        .output()
+        .expect("curl");
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let mut names: Vec<String> = list["members"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|m| m["name"].as_str().unwrap_or("").to_string())
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn the_sample_roles_form_a_tls_etcd_cluster_and_scale_it_3_to_5_to_3() {
+    // The site's DNS server: the pool etcd.farm.test follows the members.
+    let bind = Bind::start(&["farm.test"]);
+    let tsig = format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: tsig}}\nstringData: {{keyName: {}, algorithm: {}, secret: \"{}\"}}\n",
+        bind.key("key.name"),
+        bind.key("key.algorithm"),
+        bind.key("key.secret")
+    );
+    let dns =
+        format!("  dns: {{server: \"{}\", zone: farm.test, tsigSecretRef: {{name: tsig}}, ttl: 5}}\n", bind.server());
+    let farm = Farm::with("etcd", 5, "127.93.0", &tsig, &dns).await;
+    let (client, ns) = (farm.client.clone(), farm.ns.name.clone());
+    let assets = farm.serve("etcd", &etcd_binary());
+    let assets = assets.trim_end_matches("/etcd");
+    let data = farm.lab.0.join("etcd");
+    let data = data.to_str().unwrap();
+    run_ok(kubectl().args(["apply", "-n", &ns, "-f", "config/samples/roles.yaml"]));
+    etcd_workload(&ns, data, assets, 3);
+    let (endpoints, done) = etcd_settled(&farm, &bind, 3).await;
     // Every member answers over TLS, to a client certificate of the cluster's
-    // CA only; the members are the three nodes' addresses from IPAM.
+    // CA only; the members are three nodes' addresses from IPAM.
     let pki = Path::new(data).join(&farm.names[0]).join("pki");
     for endpoint in &endpoints {
         assert!(endpoint.starts_with("https://127.93.0."), "{endpoint}");
@@ -408,14 +462,55 @@ spec:
         let (ok, body) = curl_tls(&pki, &format!("{endpoint}/health"), false);
         assert!(!ok, "{endpoint} answered without a client certificate: {body}");
     }
-    // The CA key stayed on the CA's node; each member's key on its own.
-    let ca = done.iter().find(|b| b.spec.role == "etcd-ca").unwrap();
-    let ca_outputs = ca.status.as_ref().unwrap().outputs.clone().unwrap();
-    assert!(!ca_outputs.to_string().contains("PRIVATE KEY"), "no key in the CA's outputs");
+    let three: Vec<String> = {
+        let mut n: Vec<String> = done.iter().filter(|b| b.spec.role == "etcd").map(|b| b.spec.node.clone()).collect();
+        n.sort();
+        n
+    };
+    assert_eq!(etcd_members(&pki, &endpoints[0]), three);
+    // No private key left its node: not in any status, not in the CA's outputs.
     for b in &done {
         let status = serde_json::to_string(&b.status).unwrap();
         assert!(!status.contains("PRIVATE KEY"), "{} holds a private key in its status", b.name_any());
     }
     let (ready, _, _) = workload_condition(&client, &ns, "etcd", "Ready").await.unwrap();
     assert_eq!(ready, ConditionStatus::True);
+
+    // 3 -> 5: each new member is added to the running cluster, then started.
+    etcd_workload(&ns, data, assets, 5);
+    let (endpoints, done) = etcd_settled(&farm, &bind, 5).await;
+    let mut five: Vec<String> = done.iter().filter(|b| b.spec.role == "etcd").map(|b| b.spec.node.clone()).collect();
+    five.sort();
+    assert_eq!(etcd_members(&pki, &endpoints[0]), five);
+    for endpoint in &endpoints {
+        let (ok, body) = curl_tls(&pki, &format!("{endpoint}/health"), true);
+        assert!(ok && body.contains("\"health\":\"true\""), "{endpoint}: {body}");
+    }
+    let added: Vec<&String> = five.iter().filter(|n| !three.contains(n)).collect();
+    for node in &added {
+        let log = std::fs::read_to_string(Path::new(data).join(node.as_str()).join("etcd.log")).unwrap_or_default();
+        assert!(!log.is_empty(), "{node} ran etcd");
+    }
+
+    // 5 -> 3: the two members of the highest index leave the cluster, and
+    // their etcd stops.
+    etcd_workload(&ns, data, assets, 3);
+    let (endpoints, done) = etcd_settled(&farm, &bind, 3).await;
+    let mut kept: Vec<String> = done.iter().filter(|b| b.spec.role == "etcd").map(|b| b.spec.node.clone()).collect();
+    kept.sort();
+    assert_eq!(kept, three, "the members placed first stay");
+    wait_for("etcd to list three members", || {
+        let members = etcd_members(&pki, &endpoints[0]);
+        let three = &three;
+        async move { (&members == three).then_some(()) }
+    })
+    .await;
+    for node in &added {
+        let pid = std::fs::read_to_string(Path::new(data).join(node.as_str()).join("etcd.pid")).unwrap();
+        wait_for(&format!("the removed member on {node} to stop"), || {
+            let alive = Path::new(&format!("/proc/{}", pid.trim())).exists();
+            async move { (!alive).then_some(()) }
+        })
+        .await;
+    }
 }

@@ -24,7 +24,7 @@ use super::runs::{Entry, Journal};
 use crate::api::noderole::{NodeRole, RoleReport, RoleRun, RoleRunState};
 use crate::graph::BindingState;
 use futures::StreamExt;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
@@ -149,7 +149,7 @@ async fn take_up(
     }
     journal.started(&run.id).map_err(state_error)?;
     tracing::info!(binding = %name, run = %run.id, role = %binding.spec.role, "task started");
-    let started = Time(jiff::Timestamp::now());
+    let started = MicroTime(jiff::Timestamp::now());
     let mut report = RoleReport {
         id: run.id.clone(),
         state: RoleRunState::Running,
@@ -240,6 +240,13 @@ async fn send(agent: &Agent, api: &Api<NodeRole>, name: &str, report: &RoleRepor
             Ok(_) => return Ok(()),
             Err(kube::Error::Api(s)) if s.code == 404 => {
                 tracing::info!(binding = %name, "the binding is gone; nothing to report to");
+                return Ok(());
+            }
+            Err(kube::Error::Api(s)) if s.code == 403 || s.code == 422 => {
+                // The admission policy refuses a report for a run the
+                // operator no longer asks (it asked another, or gave up on
+                // this one): nothing will take it, so it is dropped.
+                tracing::warn!(binding = %name, run = %report.id, refused = %s.message, "the report was refused; dropping it");
                 return Ok(());
             }
             Err(err) => match LinkError::from_api(err) {

@@ -9,7 +9,7 @@
 //! (`report` only, enforced by the `girder-agent` admission policy).
 
 use crate::graph::BindingState;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -107,9 +107,9 @@ pub struct RoleRun {
     pub inputs: serde_json::Value,
     /// Digest of `inputs`.
     pub inputs_hash: String,
-    /// When the operator asked for it.
+    /// When the operator asked for it (microseconds: the annealer's latency is measured from it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub requested: Option<Time>,
+    pub requested: Option<MicroTime>,
 }
 
 /// Where a run is.
@@ -143,9 +143,9 @@ pub struct RoleReport {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 8192))]
     pub log_tail: Option<String>,
-    /// When the run started on the node.
+    /// When the run started on the node (microseconds).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub started: Option<Time>,
+    pub started: Option<MicroTime>,
     /// How long the run took, all attempts and pauses together.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub milliseconds: Option<i64>,

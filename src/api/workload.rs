@@ -182,4 +182,8 @@ pub struct RoleCounts {
     /// The nodes holding the role, in index order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub nodes: Vec<String>,
+    /// The nodes whose binding of the role is Active: the members of the
+    /// role's DNS pools.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub active_nodes: Vec<String>,
 }

@@ -35,6 +35,13 @@ impl Farm {
     /// `admin` (`cidr`, e.g. a loopback /24 so tasks can bind to it), brought
     /// to Provisioned with their installed agents connected.
     pub async fn new(prefix: &str, count: usize, cidr_prefix: &str) -> Farm {
+        Self::with(prefix, count, cidr_prefix, "", "").await
+    }
+
+    /// [`Farm::new`], applying `before` (YAML: a Secret the Network needs,
+    /// say) first and with `network_spec` (indented YAML lines) added to the
+    /// Network's spec.
+    pub async fn with(prefix: &str, count: usize, cidr_prefix: &str, before: &str, network_spec: &str) -> Farm {
         let client = client().await;
         install_crds(&client).await;
         install_agent_policy();
@@ -63,8 +70,11 @@ impl Farm {
         let mut pxe = pxe(&ns.name, &lab, &[("os.img", &image)]);
         pxe.wait_ready().await;
         secret(&client, &ns.name, "bmc", json!({ "username": "admin", "password": "unused" })).await;
+        if !before.is_empty() {
+            apply_yaml(&ns.name, before);
+        }
         let mut yaml = format!(
-            "apiVersion: girder.dev/v1alpha1\nkind: Network\nmetadata: {{name: admin}}\nspec:\n  cidr: {cidr_prefix}.0/24\n  ranges: [{{name: nodes, type: static, start: {cidr_prefix}.10, end: {cidr_prefix}.200}}]\n"
+            "apiVersion: girder.dev/v1alpha1\nkind: Network\nmetadata: {{name: admin}}\nspec:\n  cidr: {cidr_prefix}.0/24\n  ranges: [{{name: nodes, type: static, start: {cidr_prefix}.10, end: {cidr_prefix}.200}}]\n{network_spec}"
         );
         for (name, machine) in names.iter().zip(&machines) {
             yaml.push_str(&format!(

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod agent;
+pub mod bind;
 pub mod farm;
 pub mod ipmi;
 pub mod machine;
@@ -381,4 +382,10 @@ pub async fn node_where(
 pub fn condition(node: &BareMetalNode, type_: &str) -> Option<(ConditionStatus, String, String)> {
     let c = girder::api::condition::find(&node.status.as_ref()?.conditions, type_)?;
     Some((c.status, c.reason.clone(), c.message.clone()))
+}
+
+/// The peak resident memory (VmHWM, KiB) of process `pid`, where /proc says it.
+pub fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?.split_whitespace().next()?.parse().ok()
 }

@@ -6,7 +6,8 @@
 //! AAAA records and each address its PTR (in `reverseZone`, or the zones
 //! derived from the CIDR and the IPv6 prefix); each Workload `dnsPools` entry
 //! on the network gets one name holding the addresses of the pool's members
-//! (the Workload role's `nodes`; see [`plan::desired`]).
+//! (the nodes whose binding of the role is Active, from the Workload's
+//! status; see [`plan::desired`]).
 //!
 //! **Reconciled from the Network side.** Records follow `status.allocations`:
 //! a node that is deleted or leaves the network loses its allocation, and

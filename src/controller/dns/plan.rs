@@ -153,12 +153,14 @@ pub fn desired(network: &Network, dns: &DnsRegistration, workloads: &[&Workload]
                 out.skipped.push(format!("pool {name} of workload {workload} is not a name under zone {zone}"));
                 continue;
             }
+            // The nodes whose binding of the role is Active, as the annealer
+            // reports them: a member joins the name once it serves.
             let members: BTreeSet<&str> = workload
-                .spec
-                .roles
+                .status
                 .iter()
+                .flat_map(|s| s.roles.iter())
                 .filter(|r| r.role == pool.role)
-                .flat_map(|r| r.nodes.iter().flatten().map(String::as_str))
+                .flat_map(|r| r.active_nodes.iter().map(String::as_str))
                 .collect();
             let set = out.records.entry(&zone, &name);
             for addr in members.iter().filter_map(|m| by_node.get(m)).flatten() {
@@ -275,13 +277,26 @@ mod tests {
         n
     }
 
+    /// A workload whose `role` is Active on `nodes` (placed on one more,
+    /// not yet Active), with a pool of it.
     fn workload(pool: &str, role: &str, nodes: &[&str]) -> Workload {
         let spec: WorkloadSpec = serde_json::from_value(serde_json::json!({
-            "roles": [{"role": role, "nodes": nodes}, {"role": "other", "nodes": ["n3"]}],
+            "roles": [{"role": role}, {"role": "other"}],
             "dnsPools": [{"name": pool, "role": role, "network": "admin"}, {"name": "x.lab.test", "role": role, "network": "elsewhere"}],
         }))
         .unwrap();
-        Workload::new("w", spec)
+        let mut w = Workload::new("w", spec);
+        let placed: Vec<String> = nodes.iter().map(|n| n.to_string()).chain(["n4".to_string()]).collect();
+        w.status = Some(
+            serde_json::from_value(serde_json::json!({
+                "roles": [
+                    {"role": role, "nodes": placed, "activeNodes": nodes},
+                    {"role": "other", "nodes": ["n3"], "activeNodes": ["n3"]},
+                ],
+            }))
+            .unwrap(),
+        );
+        w
     }
 
     #[test]

@@ -19,7 +19,7 @@ use crate::api::noderole::{NodeRole, NodeRoleStatus, RoleReport, RoleRun, RoleRu
 use crate::api::workload::RoleCounts;
 use crate::api::{RoleSpec, Task, Workload, WorkloadRole};
 use crate::graph::{Binding, BindingState, RoleGraph, Scope, anneal};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use serde_json::{Map, Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -114,10 +114,13 @@ pub fn decide(world: &World<'_>) -> Outcome {
     // 1. Fold in what the agents reported, and what changed underneath.
     let mut states: Vec<(BindingState, String)> = Vec::with_capacity(placed.len());
     let mut inputs: Vec<Result<(Value, String), String>> = Vec::with_capacity(placed.len());
+    // One validator per role, not per binding.
+    let validators: BTreeMap<&str, Result<Option<jsonschema::Validator>, String>> =
+        placed.iter().map(|p| (p.role, validator(&world.roles[p.role]))).collect();
     for p in &placed {
         let spec = &world.roles[p.role];
         let input = binding_inputs(world, &placed, p, &nodes).and_then(|v| {
-            validate(spec, &v)?;
+            validate(&validators[p.role], &v)?;
             let hash = digest(&v);
             Ok((v, hash))
         });
@@ -150,7 +153,8 @@ pub fn decide(world: &World<'_>) -> Outcome {
 
     // 3. The statuses that follow.
     let mut counts: BTreeMap<&str, RoleCounts> = BTreeMap::new();
-    let mut converged = outcome.shortfalls.is_empty();
+    // Nothing placed is nothing done, not done.
+    let mut converged = outcome.shortfalls.is_empty() && !placed.is_empty();
     for (((p, (folded, folded_message)), input), decision) in placed.iter().zip(&states).zip(&inputs).zip(&decisions) {
         let spec = &world.roles[p.role];
         let old = p.existing.and_then(|b| b.status.clone()).unwrap_or_default();
@@ -178,7 +182,7 @@ pub fn decide(world: &World<'_>) -> Outcome {
                         task: spec.task.clone().unwrap_or_else(no_task),
                         inputs: value.clone(),
                         inputs_hash: hash.clone(),
-                        requested: Some(Time(world.now)),
+                        requested: Some(MicroTime(world.now)),
                     });
                     message = format!("running on {} (run {runs})", p.node);
                 }
@@ -212,7 +216,10 @@ pub fn decide(world: &World<'_>) -> Outcome {
             BindingState::Blocked => c.blocked += 1,
             BindingState::Todo => c.todo += 1,
             BindingState::Running => c.running += 1,
-            BindingState::Active => c.active += 1,
+            BindingState::Active => {
+                c.active += 1;
+                c.active_nodes.push(p.node.to_string());
+            }
             BindingState::Error => c.error += 1,
         }
     }
@@ -506,12 +513,22 @@ fn current_outputs(status: &NodeRoleStatus) -> Option<Value> {
     }
 }
 
+/// The validator of a role's `attributesSchema`, if it has one.
+fn validator(spec: &RoleSpec) -> Result<Option<jsonschema::Validator>, String> {
+    let Some(schema) = spec.attributes_schema.as_ref() else { return Ok(None) };
+    jsonschema::validator_for(schema)
+        .map(Some)
+        .map_err(|e| format!("the role's attributesSchema is not a valid schema: {e}"))
+}
+
 /// Checks the merged attributes against the role's `attributesSchema`;
 /// the error names the field.
-fn validate(spec: &RoleSpec, inputs: &Value) -> Result<(), String> {
-    let Some(schema) = spec.attributes_schema.as_ref() else { return Ok(()) };
-    let validator = jsonschema::validator_for(schema)
-        .map_err(|e| format!("the role's attributesSchema is not a valid schema: {e}"))?;
+fn validate(validator: &Result<Option<jsonschema::Validator>, String>, inputs: &Value) -> Result<(), String> {
+    let validator = match validator {
+        Ok(Some(v)) => v,
+        Ok(None) => return Ok(()),
+        Err(why) => return Err(why.clone()),
+    };
     let attributes = &inputs["attributes"];
     let errors: Vec<String> = validator
         .iter_errors(attributes)
