@@ -30,6 +30,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
+/// How many binding writes (creations, statuses) one reconcile has in flight.
+const STATUS_WRITES_AT_ONCE: usize = 16;
+
 struct WorkloadContext {
     ctx: Arc<Context>,
     roles: Store<GuardedRole>,
@@ -310,7 +313,7 @@ async fn apply_bindings(
         name: name.to_string(),
         source,
     };
-    for new in &outcome.create {
+    let creates = outcome.create.iter().cloned().map(|new| {
         let mut binding = NodeRole::new(
             &new.name,
             NodeRoleSpec { workload: workload.name_any(), role: new.role.clone(), node: new.node.clone() },
@@ -320,7 +323,16 @@ async fn apply_bindings(
         binding.metadata.labels =
             Some(labels.into_iter().filter(|(_, v)| v.len() <= 63).map(|(k, v)| (k.to_string(), v)).collect());
         binding.metadata.owner_references = owner.clone().map(|o| vec![o]);
-        api.patch(&new.name, &params, &Patch::Apply(&binding)).await.map_err(|e| write_error(&new.name, e))?;
+        let (api, params) = (api.clone(), params.clone());
+        let binding = serde_json::to_value(&binding).unwrap_or_default();
+        async move {
+            let created = api.patch(&new.name, &params, &Patch::Apply(&binding)).await;
+            (new, created)
+        }
+    });
+    let mut creates = futures::stream::iter(creates).buffer_unordered(STATUS_WRITES_AT_ONCE);
+    while let Some((new, created)) = creates.next().await {
+        created.map_err(|e| write_error(&new.name, e))?;
         tracing::info!(binding = %new.name, role = %new.role, node = %new.node, "placed");
     }
     for name in &outcome.delete {
@@ -330,6 +342,9 @@ async fn apply_bindings(
             Err(e) => return Err(write_error(name, e)),
         }
     }
+    // Written side by side (a few at a time): a large workload's agents are
+    // asked at once, not one status write after another.
+    let mut pending: Vec<(String, Option<String>, serde_json::Value, String)> = Vec::new();
     for (name, status) in &outcome.statuses {
         let Some(current) = wc.bindings.get(&ObjectRef::new(name).within(namespace)) else { continue };
         let mut body = serde_json::to_value(status).unwrap_or_default();
@@ -337,16 +352,33 @@ async fn apply_bindings(
         if let Some(map) = body.as_object_mut() {
             map.remove("report");
         }
-        match apply_status_at(&api, name, current.resource_version().as_deref(), manager::ANNEALER, &body).await {
+        let said = format!("{:?}: {}", status.state, status.message.as_deref().unwrap_or(""));
+        pending.push((name.clone(), current.resource_version(), body, said));
+    }
+    let writes = pending.into_iter().map(|(name, version, body, said)| {
+        let api = api.clone();
+        async move {
+            let written = apply_status_at(&api, &name, version.as_deref(), manager::ANNEALER, &body).await;
+            (name, said, written)
+        }
+    });
+    let mut writes = futures::stream::iter(writes).buffer_unordered(STATUS_WRITES_AT_ONCE);
+    let mut failed = None;
+    while let Some((name, said, written)) = writes.next().await {
+        match written {
             Ok(_) => {
                 wc.ctx.metrics.status_written("NodeRole");
-                tracing::info!(binding = %name, state = ?status.state, message = status.message.as_deref().unwrap_or(""), "binding");
+                tracing::info!(binding = %name, state = %said, "binding");
             }
             Err(kube::Error::Api(s)) if s.code == 409 => {
-                return Err(Error::Stale { kind: "NodeRole", namespace: namespace.to_string(), name: name.clone() });
+                failed.get_or_insert(Error::Stale {
+                    kind: "NodeRole",
+                    namespace: namespace.to_string(),
+                    name: name.clone(),
+                });
             }
             Err(source) => {
-                return Err(Error::StatusWrite {
+                failed = Some(Error::StatusWrite {
                     kind: "NodeRole",
                     namespace: namespace.to_string(),
                     name: name.clone(),
@@ -354,6 +386,9 @@ async fn apply_bindings(
                 });
             }
         }
+    }
+    if let Some(err) = failed {
+        return Err(err);
     }
     Ok(())
 }
@@ -386,7 +421,9 @@ pub async fn run(ctx: Arc<Context>, watches: Watches, shutdown: CancellationToke
         Some(ns) => (Api::namespaced(ctx.client.clone(), ns), Api::namespaced(ctx.client.clone(), ns)),
         None => (Api::all(ctx.client.clone()), Api::all(ctx.client.clone())),
     };
-    let (bindings, writer) = reflector::store_shared(16 * 1024);
+    // Bindings are large (their inputs): a small buffer bounds the versions
+    // held for a subscriber that lags (the reflector waits instead).
+    let (bindings, writer) = reflector::store_shared(256);
     let Some(binding_changes) = writer.subscribe() else {
         tracing::error!("cannot subscribe to the NodeRole cache; the Workload controller does not run");
         return;
