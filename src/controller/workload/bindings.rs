@@ -400,8 +400,9 @@ fn place<'a>(world: &World<'a>, outcome: &mut Outcome) -> Vec<Placed<'a>> {
                     candidates.iter().filter(|n| n.provisioned).count()
                 )],
             };
+            let nodes = if want == 1 { "node" } else { "nodes" };
             outcome.shortfalls.push(format!(
-                "{role} wants {want} nodes, has {}: {}",
+                "{role} wants {want} {nodes}, has {}: {}",
                 holders.len(),
                 missing.join(", ")
             ));
@@ -441,7 +442,9 @@ fn placement_order<'a>(world: &World<'a>) -> Vec<&'a WorkloadRole> {
     let layers = world.graph.plan(&names).unwrap_or_default();
     let mut ordered: Vec<&WorkloadRole> = Vec::with_capacity(roles.len());
     for layer in layers {
-        for name in layer.roles {
+        // A role the graph knows but the caller's specs lack (read a moment
+        // apart) waits for the next pass.
+        for name in layer.roles.into_iter().filter(|n| world.roles.contains_key(n)) {
             if let Some(r) = roles.iter().find(|r| r.role == name) {
                 ordered.push(r);
             }
