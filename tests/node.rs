@@ -314,6 +314,9 @@ async fn maintenance_stops_every_bmc_call_and_keeps_the_state() {
     let before = node_where(&client, &ns.name, "node-00", "Available", is_available).await;
 
     let nodes: Api<BareMetalNode> = Api::namespaced(client.clone(), &ns.name);
+    // Counted before the change: the reconcile it causes can complete before
+    // the patch call returns, and in maintenance no other one follows.
+    let reconciles = operator.metric("girder_reconciles_total{kind=\"BareMetalNode\"}").unwrap_or(0.0);
     nodes
         .patch(
             "node-00",
@@ -322,7 +325,6 @@ async fn maintenance_stops_every_bmc_call_and_keeps_the_state() {
         )
         .await
         .unwrap();
-    let reconciles = operator.metric("girder_reconciles_total{kind=\"BareMetalNode\"}").unwrap_or(0.0);
     wait_for("the maintenance change to be reconciled", || {
         let now = operator.metric("girder_reconciles_total{kind=\"BareMetalNode\"}");
         async move { (now? > reconciles).then_some(()) }
