@@ -98,7 +98,7 @@ watch_progress() {
     local available
     available="$("$kubectl" get bmn "${REDFISH_NODES[@]}" "$IPMI_NODE" -n "$NAMESPACE" -o jsonpath='{range .items[*]}{.status.phase}{"\n"}{end}' 2>/dev/null | grep -cx Available || true)"
     if [ "$available" -eq $((${#REDFISH_NODES[@]} + 1)) ] &&
-      "$kubectl" get workload lab-etcd -n "$NAMESPACE" -o jsonpath='{.status.conditions[?(@.type=="Blocked")].status}' 2>/dev/null | grep -qx False &&
+      "$kubectl" get workload lab-k8s -n "$NAMESPACE" -o jsonpath='{.status.conditions[?(@.type=="Blocked")].status}' 2>/dev/null | grep -qx False &&
       ! "$kubectl" get roles.girder.dev -n "$NAMESPACE" -o jsonpath='{range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' | grep -qvx True; then
       return 0
     fi
@@ -154,10 +154,10 @@ up() {
   say "the machines (phase, power, inventory read through their BMCs):"
   "$kubectl" get bmn -n "$NAMESPACE" \
     -o custom-columns='NAME:.metadata.name,PHASE:.status.phase,POWER:.status.powerState,VENDOR:.status.hardware.vendor,UUID:.status.hardware.uuid,NICS:.status.hardware.nics[*].mac,BMC:.status.conditions[?(@.type=="BMCReachable")].reason' | sed 's/^/    /'
-  say "the plan of workload lab-etcd (roles run layer by layer; a sync layer waits for every node):"
-  "$kubectl" get workload lab-etcd -n "$NAMESPACE" \
+  say "the plan of workload lab-k8s (roles run layer by layer; a sync layer waits for every node):"
+  "$kubectl" get workload lab-k8s -n "$NAMESPACE" \
     -o jsonpath='{range .status.plan[*]}    layer {.layer}: {.roles}{"  sync="}{.barrier}{"\n"}{end}'
-  "$kubectl" get workload lab-etcd -n "$NAMESPACE" \
+  "$kubectl" get workload lab-k8s -n "$NAMESPACE" \
     -o jsonpath='{range .status.conditions[*]}    {.type}={.status} ({.reason}): {.message}{"\n"}{end}'
   if [ "${GIRDER_SANDBOX_VM:-0}" = 1 ]; then
     e2e/sandbox-vm.sh up "$kubectl" "$NAMESPACE" "$run"
@@ -169,7 +169,7 @@ up() {
 The sandbox is running. Try:
     export KUBECONFIG=$KUBECONFIG PATH=$(dirname "$kubectl"):\$PATH
     kubectl get girder -n $NAMESPACE
-    kubectl describe workload lab-etcd -n $NAMESPACE
+    kubectl describe workload lab-k8s -n $NAMESPACE
     curl -s http://$(grep -o 'addr=[0-9.:]*' "$run/operator.log" | head -n1 | cut -d= -f2)/metrics
 Stop it with: make sandbox-down
 MSG

@@ -10,10 +10,9 @@ use crate::api::noderole::NodeRole;
 use crate::api::{BareMetalNode, Role, RoleSpec, Workload};
 use crate::controller::role::role_def;
 use crate::controller::workload::bindings::{self, Outcome, World};
-use crate::controller::workload::node_facts;
+use crate::controller::workload::{node_facts, node_selector};
 use crate::graph::{BindingState, RoleGraph, Scope};
 use kube::api::ListParams;
-use kube::core::Selector;
 use kube::{Api, Client, ResourceExt};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -110,11 +109,7 @@ async fn plan(args: PlanArgs) -> Result<String, PlanError> {
     let graph = RoleGraph::new(roles.iter().map(role_def));
     let names: Vec<String> = workload.spec.roles.iter().map(|r| r.role.clone()).collect();
     let layers = graph.plan(&names).map_err(|e| PlanError::Blocked(e.to_string()))?;
-    let selector = match workload.spec.node_selector.clone().map(Selector::try_from) {
-        Some(Ok(s)) => Some(s),
-        Some(Err(e)) => return Err(PlanError::Selector(e.to_string())),
-        None => None,
-    };
+    let selector = node_selector(&workload).map_err(PlanError::Selector)?;
     let facts: Vec<_> = nodes.iter().map(|n| node_facts(n, selector.as_ref())).collect();
     let specs: BTreeMap<String, RoleSpec> = roles.iter().map(|r| (r.name_any(), r.spec.clone())).collect();
     let outcome = bindings::decide(&World {

@@ -75,7 +75,7 @@ async fn kustomize_default_and_samples_apply() {
         ..OperatorOptions::new(&ns.name, "rbac")
     });
     let out = run_ok(kubectl().args(["apply", "-k", "config/samples", "-n", &ns.name]));
-    assert!(out.contains("workload.girder.dev/lab-etcd"), "{out}");
+    assert!(out.contains("workload.girder.dev/lab-k8s"), "{out}");
     let nodes = run_ok(kubectl().args(["get", "bmn", "-n", &ns.name, "-o", "name"]));
     assert_eq!(nodes.lines().count(), 5, "{nodes}");
     // `kubectl get girder` lists every kind through the category.
@@ -85,10 +85,10 @@ async fn kustomize_default_and_samples_apply() {
     }
     wait_for("the operator, with only its RBAC, to plan the sample workload", || {
         let layers = kubectl()
-            .args(["get", "workload", "lab-etcd", "-n", &ns.name, "-o", "jsonpath={.status.layerCount}"])
+            .args(["get", "workload", "lab-k8s", "-n", &ns.name, "-o", "jsonpath={.status.layerCount}"])
             .output()
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
-        async move { (layers.ok()? == "4").then_some(()) }
+        async move { (layers.ok()? == "5").then_some(()) }
     })
     .await;
     let logs = operator.logs();

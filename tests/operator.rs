@@ -67,20 +67,22 @@ async fn sample_workload_plan_has_the_expected_layers() {
     run_ok(kubectl().args(["apply", "-k", "config/samples", "-n", &ns.name]));
     let _operator = Operator::start(OperatorOptions::new(&ns.name, "solo"));
 
-    let workload = settled_workload(&client, &ns.name, "lab-etcd").await;
+    let workload = settled_workload(&client, &ns.name, "lab-k8s").await;
     let status = workload.status.expect("status");
     let layers: Vec<Vec<String>> = status.plan.iter().map(|l| l.roles.clone()).collect();
-    assert_eq!(layers, [["etcd-keys"], ["etcd-ca"], ["etcd"], ["etcd-healthy"]].map(|l| l.map(String::from).to_vec()));
+    let expected: [&[&str]; 5] =
+        [&["etcd-keys", "kube-keys"], &["etcd-ca", "kube-ca"], &["etcd"], &["etcd-healthy"], &["kube-apiserver"]];
+    assert_eq!(layers, expected.map(|l| l.iter().map(|r| r.to_string()).collect::<Vec<_>>()));
     let barriers: Vec<bool> = status.plan.iter().map(|l| l.barrier).collect();
-    assert_eq!(barriers, [false, true, true, true], "Cluster-scoped roles are sync points");
-    assert_eq!(status.layer_count, Some(4));
+    assert_eq!(barriers, [false, true, true, true, true], "Cluster-scoped roles are sync points");
+    assert_eq!(status.layer_count, Some(5));
     let blocked = find(&status.conditions, "Blocked").expect("Blocked condition");
     assert_eq!(blocked.status, ConditionStatus::False);
     assert!(status.conditions.iter().all(|c| c.observed_generation == workload.metadata.generation));
 
     // Every sample role resolves.
     let roles: Api<Role> = Api::namespaced(client.clone(), &ns.name);
-    for name in ["etcd-keys", "etcd-ca", "etcd", "etcd-healthy"] {
+    for name in ["etcd-keys", "etcd-ca", "etcd", "etcd-healthy", "kube-keys", "kube-ca", "kube-apiserver"] {
         wait_for(&format!("role {name} Ready"), || {
             let roles = roles.clone();
             async move {
@@ -266,7 +268,7 @@ async fn an_unchanged_object_gets_no_status_write() {
     let ns = TestNamespace::new(&client, "nowrite").await;
     run_ok(kubectl().args(["apply", "-k", "config/samples", "-n", &ns.name]));
     let mut first = Operator::start(OperatorOptions::new(&ns.name, "first"));
-    let workload = settled_workload(&client, &ns.name, "lab-etcd").await;
+    let workload = settled_workload(&client, &ns.name, "lab-k8s").await;
     let roles: Api<Role> = Api::namespaced(client.clone(), &ns.name);
     let role_versions = || {
         let roles = roles.clone();
@@ -307,7 +309,7 @@ async fn an_unchanged_object_gets_no_status_write() {
     wait_for("the new operator to reconcile the workload and the roles", || {
         let workloads = second.metric("girder_reconciles_total{kind=\"Workload\"}");
         let roles = second.metric("girder_reconciles_total{kind=\"Role\"}");
-        async move { (workloads? >= 1.0 && roles? >= 4.0).then_some(()) }
+        async move { (workloads? >= 1.0 && roles? >= 7.0).then_some(()) }
     })
     .await;
     // Touching a role (not its spec) triggers every workload of the namespace again.
@@ -327,7 +329,7 @@ async fn an_unchanged_object_gets_no_status_write() {
     .await;
 
     let api: Api<Workload> = Api::namespaced(client.clone(), &ns.name);
-    let after = api.get("lab-etcd").await.unwrap();
+    let after = api.get("lab-k8s").await.unwrap();
     assert_eq!(after.metadata.resource_version, workload.metadata.resource_version, "the workload was rewritten");
     // The sample machines' BMCs do not exist here, so their nodes keep
     // counting failed retries; everything else must be left alone.

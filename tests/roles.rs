@@ -13,6 +13,7 @@ use girder::graph::BindingState;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
+use std::collections::BTreeMap;
 use std::path::Path;
 use support::bind::{Bind, dig_until, set};
 use support::farm::{Farm, OPERATOR_FLAGS};
@@ -101,9 +102,9 @@ async fn roles_run_in_dependency_order_on_the_nodes_agents_and_failures_say_wher
         "gather",
         "Cluster",
         &["greet"],
-        "    timeoutSeconds: 30\n",
+        "    timeoutSeconds: 30\n    sensitiveOutputs: [secret]\n",
         &format!(
-            "set -eu\necho \"$GIRDER_RUN\" >> {marks_dir}/gather\njq -c '{{all: [.parents.greet[].outputs.greeting] | sort, members: (.parents.greet | length)}}' \"$GIRDER_INPUTS\" > \"$GIRDER_OUTPUTS\""
+            "set -eu\necho \"$GIRDER_RUN\" >> {marks_dir}/gather\ns=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \\n')\necho \"$s\" > {marks_dir}/gather-secret\njq -c --arg s \"$s\" '{{all: [.parents.greet[].outputs.greeting] | sort, members: (.parents.greet | length), secret: $s}}' \"$GIRDER_INPUTS\" > \"$GIRDER_OUTPUTS\""
         ),
     );
     yaml += &role_yaml(
@@ -128,11 +129,27 @@ async fn roles_run_in_dependency_order_on_the_nodes_agents_and_failures_say_wher
     let all: Vec<String> = serde_json::from_value(outputs["all"].clone()).unwrap();
     assert_eq!(all.len(), 3);
     assert!(all[0].starts_with("roles-0 at 127.91.0."), "{all:?}");
-    // Outputs flowed to every spread member through its inputs.
+    // Outputs flowed to every spread member through its inputs, the
+    // sensitive one too; that one is in no status, only in the binding's
+    // Secret.
+    let secret = std::fs::read_to_string(marks.join("gather-secret")).unwrap().trim().to_string();
+    assert_eq!(secret.len(), 32, "{secret}");
+    let mut with_secret = outputs.clone();
+    with_secret["secret"] = json!(secret);
     for name in &farm.names {
         let seen = std::fs::read_to_string(marks.join(format!("spread-{name}"))).unwrap();
-        assert_eq!(serde_json::from_str::<serde_json::Value>(&seen).unwrap(), outputs);
+        assert_eq!(serde_json::from_str::<serde_json::Value>(&seen).unwrap(), with_secret);
     }
+    for b in &done {
+        assert!(!serde_json::to_string(&b.status).unwrap().contains(&secret), "{} shows the secret", b.name_any());
+    }
+    let kept = gather.status.as_ref().unwrap().secret_outputs.clone().expect("status.secretOutputs");
+    assert_eq!(kept.keys, ["secret"]);
+    assert_eq!(kept.secret, format!("girder-out-{}", gather.name_any()));
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), &ns);
+    let stored = secrets.get(&kept.secret).await.unwrap();
+    assert_eq!(stored.data.as_ref().unwrap()["secret"].0, secret.as_bytes());
+    assert_eq!(stored.owner_references()[0].uid, gather.uid().unwrap(), "owned by its binding");
     // The report: timing, a log tail, the exit code.
     let greet = done.iter().find(|b| b.spec.role == "greet").unwrap();
     let report = greet.status.as_ref().unwrap().report.clone().unwrap();
@@ -163,7 +180,7 @@ async fn roles_run_in_dependency_order_on_the_nodes_agents_and_failures_say_wher
         config.auth_info = kube::config::AuthInfo { token: Some(token.into()), ..Default::default() };
         Client::try_from(config).unwrap()
     };
-    let api: Api<NodeRole> = Api::namespaced(as_agent, &ns);
+    let api: Api<NodeRole> = Api::namespaced(as_agent.clone(), &ns);
     let forged = api
         .patch_status(
             &other,
@@ -176,6 +193,22 @@ async fn roles_run_in_dependency_order_on_the_nodes_agents_and_failures_say_wher
     match forged {
         Err(kube::Error::Api(s)) => assert_eq!(s.code, 403, "{s:?}"),
         other => panic!("another node's binding was writable: {other:?}"),
+    }
+    // It reads the Secret its runs name (a parent's sensitive outputs) and
+    // no other; it writes only those of its own sensitive bindings.
+    let as_agent_secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(as_agent, &ns);
+    let read = as_agent_secrets.get(&kept.secret).await.map(|s| s.data.unwrap_or_default()["secret"].0.clone());
+    assert_eq!(read.unwrap(), secret.as_bytes());
+    match as_agent_secrets.get("bmc").await {
+        Err(kube::Error::Api(s)) => assert_eq!(s.code, 403, "{s:?}"),
+        other => panic!("an agent read the BMC credentials: {other:?}"),
+    }
+    if gather.spec.node != farm.names[0] {
+        let overwrite = json!({"apiVersion": "v1", "kind": "Secret", "type": "Opaque", "data": {"secret": "Zm9yZ2Vk"}});
+        match as_agent_secrets.patch(&kept.secret, &PatchParams::apply("forger"), &Patch::Apply(overwrite)).await {
+            Err(kube::Error::Api(s)) => assert_eq!(s.code, 403, "{s:?}"),
+            other => panic!("another node's sensitive outputs were writable: {other:?}"),
+        }
     }
 
     // A change of attributes re-runs what it reaches, one at a time.
@@ -341,10 +374,25 @@ async fn failures_block_descendants_timeouts_kill_and_an_interrupted_task_is_not
     let _ = client;
 }
 
-/// The etcd binary `make test` built (beside kubectl in the tools' assets).
-fn etcd_binary() -> std::path::PathBuf {
+/// A binary `make test` built beside kubectl in the tools' assets (etcd,
+/// kube-apiserver).
+fn tool(name: &str) -> std::path::PathBuf {
     let kubectl = std::env::var("GIRDER_KUBECTL").expect("GIRDER_KUBECTL (make test sets it)");
-    Path::new(&kubectl).with_file_name("etcd")
+    Path::new(&kubectl).with_file_name(name)
+}
+
+/// The TSIG Secret (YAML) and the Network's `dns` (spec lines) of a farm
+/// whose Network registers its names in `bind`'s `zone`.
+fn farm_dns(bind: &Bind, zone: &str) -> (String, String) {
+    let tsig = format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: tsig}}\nstringData: {{keyName: {}, algorithm: {}, secret: \"{}\"}}\n",
+        bind.key("key.name"),
+        bind.key("key.algorithm"),
+        bind.key("key.secret")
+    );
+    let dns =
+        format!("  dns: {{server: \"{}\", zone: {zone}, tsigSecretRef: {{name: tsig}}, ttl: 5}}\n", bind.server());
+    (tsig, dns)
 }
 
 /// curl with the client certificate of `pki`.
@@ -358,26 +406,40 @@ fn curl_tls(pki: &Path, url: &str, client_cert: bool) -> (bool, String) {
     (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
 }
 
-/// The etcd sample workload with `count` members, into the farm's namespace.
-fn etcd_workload(ns: &str, data: &str, assets: &str, count: usize) {
-    apply_yaml(
-        ns,
-        &format!(
-            r#"apiVersion: girder.dev/v1alpha1
-kind: Workload
-metadata: {{name: etcd}}
-spec:
-  roles:
-  - {{role: etcd-keys, count: {count}, attributes: {{dataDir: "{data}", network: admin}}}}
+/// The workload's `roles` entries of the sample's etcd roles, `count`
+/// members keeping their files below `data`.
+fn etcd_roles(data: &str, assets: &str, count: usize) -> String {
+    format!(
+        r#"  - {{role: etcd-keys, count: {count}, attributes: {{dataDir: "{data}", network: admin}}}}
   - {{role: etcd-ca, count: 1, attributes: {{dataDir: "{data}", extraSANs: ["127.0.0.1"]}}}}
   - {{role: etcd, count: {count}, attributes: {{dataDir: "{data}", network: admin, assets: "{assets}"}}}}
   - {{role: etcd-healthy, count: 1, attributes: {{dataDir: "{data}"}}}}
-  dnsPools:
-  - {{name: etcd.farm.test, role: etcd, network: admin}}
-  rollout: {{maxInFlight: 1}}
 "#
+    )
+}
+
+/// A workload of the sample's roles (`roles` and `pools`: its YAML list
+/// entries), one run at a time as in the sample, into the farm's namespace.
+fn sample_workload(ns: &str, name: &str, roles: &str, pools: &str) {
+    apply_yaml(
+        ns,
+        &format!(
+            "apiVersion: girder.dev/v1alpha1\nkind: Workload\nmetadata: {{name: {name}}}\nspec:\n  roles:\n{roles}  dnsPools:\n{pools}  rollout: {{maxInFlight: 1}}\n"
         ),
     );
+}
+
+/// The etcd sample workload with `count` members, into the farm's namespace.
+fn etcd_workload(ns: &str, data: &str, assets: &str, count: usize) {
+    let pools = "  - {name: etcd.farm.test, role: etcd, network: admin}\n";
+    sample_workload(ns, "etcd", &etcd_roles(data, assets, count), pools);
+}
+
+/// Fails the test at once when a binding is in Error, saying why.
+fn no_error(farm: &Farm, list: &[NodeRole]) {
+    if let Some(failed) = list.iter().find(|b| state(b) == Some(BindingState::Error)) {
+        panic!("{}: {}\n{}", failed.name_any(), message(failed), farm.agent_logs());
+    }
 }
 
 /// Waits for `n` etcd members all Active and healthy, and the DNS pool to
@@ -385,14 +447,7 @@ spec:
 /// bindings.
 async fn etcd_settled(farm: &Farm, bind: &Bind, n: usize) -> (Vec<String>, Vec<NodeRole>) {
     let done = bindings_where(farm, "etcd", &format!("{n} members: every binding Active"), |l| {
-        let failed = l.iter().find(|b| state(b) == Some(BindingState::Error));
-        assert!(
-            failed.is_none(),
-            "{}: {}\n{}",
-            failed.unwrap().name_any(),
-            message(failed.unwrap()),
-            farm.agent_logs()
-        );
+        no_error(farm, l);
         let healthy = l.iter().find(|b| b.spec.role == "etcd-healthy");
         let members = healthy.and_then(|b| b.status.as_ref()?.outputs.as_ref()?.get("members")?.as_u64());
         all_in(l, 2 * n + 2, BindingState::Active) && members == Some(n as u64)
@@ -435,17 +490,10 @@ fn etcd_members(pki: &Path, endpoint: &str) -> Vec<String> {
 async fn the_sample_roles_form_a_tls_etcd_cluster_and_scale_it_3_to_5_to_3() {
     // The site's DNS server: the pool etcd.farm.test follows the members.
     let bind = Bind::start(&["farm.test"]);
-    let tsig = format!(
-        "apiVersion: v1\nkind: Secret\nmetadata: {{name: tsig}}\nstringData: {{keyName: {}, algorithm: {}, secret: \"{}\"}}\n",
-        bind.key("key.name"),
-        bind.key("key.algorithm"),
-        bind.key("key.secret")
-    );
-    let dns =
-        format!("  dns: {{server: \"{}\", zone: farm.test, tsigSecretRef: {{name: tsig}}, ttl: 5}}\n", bind.server());
+    let (tsig, dns) = farm_dns(&bind, "farm.test");
     let farm = Farm::with("etcd", 5, "127.93.0", &tsig, &dns).await;
     let (client, ns) = (farm.client.clone(), farm.ns.name.clone());
-    let assets = farm.serve("etcd", &etcd_binary());
+    let assets = farm.serve("etcd", &tool("etcd"));
     let assets = assets.trim_end_matches("/etcd");
     let data = farm.lab.0.join("etcd");
     let data = data.to_str().unwrap();
@@ -513,4 +561,180 @@ async fn the_sample_roles_form_a_tls_etcd_cluster_and_scale_it_3_to_5_to_3() {
         })
         .await;
     }
+}
+
+/// The sample's masters workload in the farm's namespace: `masters`
+/// kube-apiservers on a three-member etcd, behind `k8s.lab.test`.
+fn masters_workload(ns: &str, data: &str, assets: &str, masters: usize) {
+    let kube = format!(
+        r#"  - {{role: kube-keys, count: 3, attributes: {{dataDir: "{data}/kube", network: admin}}}}
+  - {{role: kube-ca, count: 1, attributes: {{dataDir: "{data}/kube", name: k8s.lab.test}}}}
+  - role: kube-apiserver
+    count: {masters}
+    attributes:
+      dataDir: "{data}/kube"
+      etcdDataDir: "{data}/etcd"
+      network: admin
+      assets: "{assets}"
+      # The masters' addresses are loopback ones here.
+      extraArgs: ["--endpoint-reconciler-type=none"]
+"#
+    );
+    let roles = etcd_roles(&format!("{data}/etcd"), assets, 3) + &kube;
+    sample_workload(ns, "k8s", &roles, "  - {name: k8s.lab.test, role: kube-apiserver, network: admin}\n");
+}
+
+/// Waits until `masters` kube-apiserver bindings are Active, one more at a
+/// time (they start one by one), then every binding; returns them.
+async fn masters_settled(farm: &Farm, masters: usize) -> Vec<NodeRole> {
+    let no_error = |l: &[NodeRole]| no_error(farm, l);
+    bindings_where(farm, "k8s", "the etcd cluster healthy", |l| {
+        no_error(l);
+        l.iter().any(|b| b.spec.role == "etcd-healthy" && state(b) == Some(BindingState::Active))
+    })
+    .await;
+    for n in 1..=masters {
+        bindings_where(farm, "k8s", &format!("{n} of {masters} kube-apiservers Active"), |l| {
+            no_error(l);
+            l.iter().filter(|b| b.spec.role == "kube-apiserver" && state(b) == Some(BindingState::Active)).count() >= n
+        })
+        .await;
+    }
+    bindings_where(farm, "k8s", "every binding Active", |l| {
+        no_error(l);
+        let masters_now = l.iter().filter(|b| b.spec.role == "kube-apiserver").count();
+        masters_now == masters && all_in(l, 12 + masters, BindingState::Active)
+    })
+    .await
+}
+
+/// kubectl as a client of the site runs it: names resolved through the DNS
+/// server `resolv` names. /etc/resolv.conf is replaced in a mount namespace
+/// of its own, for this one command.
+fn kubectl_through(resolv: &Path, args: &[&str]) -> (bool, String) {
+    let kubectl = std::env::var("GIRDER_KUBECTL").expect("GIRDER_KUBECTL (make test sets it)");
+    let out = std::process::Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", r#"mount --bind "$0" /etc/resolv.conf && exec "$@""#])
+        .arg(resolv)
+        .arg(kubectl)
+        .args(args)
+        .output()
+        .expect("unshare");
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+}
+
+/// When each role's runs went, from `since`: first start and last end per
+/// role in seconds, in the order they started (BENCHMARKS.md quotes it).
+fn timeline(done: &[NodeRole], since: jiff::Timestamp) -> String {
+    let mut spans: BTreeMap<&str, (f64, f64)> = BTreeMap::new();
+    for b in done {
+        let Some(report) = b.status.as_ref().and_then(|s| s.report.as_ref()) else { continue };
+        let (Some(started), Some(ms)) = (report.started.as_ref(), report.milliseconds) else { continue };
+        let start = started.0.duration_since(since).as_secs_f64();
+        let end = start + ms as f64 / 1000.0;
+        let span = spans.entry(b.spec.role.as_str()).or_insert((start, end));
+        *span = (span.0.min(start), span.1.max(end));
+    }
+    let mut rows: Vec<(&str, (f64, f64))> = spans.into_iter().collect();
+    rows.sort_by(|a, b| a.1.0.total_cmp(&b.1.0));
+    rows.iter().map(|(role, (a, b))| format!("{role:>15}: {a:6.1} s -> {b:6.1} s\n")).collect()
+}
+
+/// The addresses of the nodes whose kube-apiserver binding is Active.
+fn master_addresses(done: &[NodeRole]) -> Vec<String> {
+    let mut addresses: Vec<String> = done
+        .iter()
+        .filter(|b| b.spec.role == "kube-apiserver")
+        .map(|b| {
+            let outputs = b.status.as_ref().and_then(|s| s.outputs.clone()).unwrap_or_default();
+            let endpoint = outputs["endpoint"].as_str().unwrap_or_default().to_string();
+            endpoint.trim_start_matches("https://").trim_end_matches(":6443").to_string()
+        })
+        .collect();
+    addresses.sort();
+    addresses
+}
+
+#[tokio::test]
+async fn the_sample_masters_serve_kubernetes_through_one_dns_name_that_follows_their_count() {
+    // The site's DNS server, and a resolver on port 53 of an address of its
+    // own in front of it, so that a resolv.conf can name it: kubectl reaches
+    // the masters through it.
+    let bind = Bind::start(&["lab.test"]);
+    let _resolver = bind.resolver("127.94.0.2");
+    let (tsig, dns) = farm_dns(&bind, "lab.test");
+    let farm = Farm::with("k8s", 3, "127.94.0", &tsig, &dns).await;
+    let ns = farm.ns.name.clone();
+    let assets = farm.serve("etcd", &tool("etcd"));
+    let assets = assets.trim_end_matches("/etcd");
+    farm.serve("kube-apiserver", &tool("kube-apiserver"));
+    let data = farm.lab.0.join("data");
+    let data = data.to_str().unwrap();
+    run_ok(kubectl().args(["apply", "-n", &ns, "-f", "config/samples/roles.yaml"]));
+    let applied = jiff::Timestamp::now();
+    masters_workload(&ns, data, assets, 3);
+    let done = masters_settled(&farm, 3).await;
+    eprintln!(
+        "from apply to every binding Active: {:.1} s; each role's runs:\n{}",
+        jiff::Timestamp::now().duration_since(applied).as_secs_f64(),
+        timeline(&done, applied)
+    );
+    let three = master_addresses(&done);
+    assert_eq!(three.len(), 3, "{three:?}");
+    assert!(three.iter().all(|a| a.starts_with("127.94.0.")), "{three:?}");
+    let names: Vec<&str> = three.iter().map(String::as_str).collect();
+    dig_until(&bind, &["k8s.lab.test", "A"], set(&names)).await;
+
+    // The administrator's kubeconfig is a sensitive output: in the kube-ca
+    // binding's Secret, not its status. It names the shared name; kubectl
+    // resolves it through BIND and any master answers.
+    let ca = done.iter().find(|b| b.spec.role == "kube-ca").unwrap();
+    let status = ca.status.as_ref().unwrap();
+    assert!(status.outputs.as_ref().unwrap().get("adminKubeconfig").is_none(), "{:?}", status.outputs);
+    let kept = status.secret_outputs.clone().expect("status.secretOutputs");
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(farm.client.clone(), &ns);
+    let secret = secrets.get(&kept.secret).await.unwrap();
+    let admin_path = farm.lab.0.join("admin.kubeconfig");
+    std::fs::write(&admin_path, &secret.data.unwrap()["adminKubeconfig"].0).unwrap();
+    let admin = admin_path.to_str().unwrap();
+    let resolv = farm.lab.0.join("resolv.conf");
+    std::fs::write(&resolv, "nameserver 127.94.0.2\n").unwrap();
+    let through_name = |args: &[&str]| {
+        let mut all = vec!["--kubeconfig", admin, "--request-timeout", "10s"];
+        all.extend_from_slice(args);
+        kubectl_through(&resolv, &all)
+    };
+    let (ok, out) = through_name(&["get", "--raw", "/readyz"]);
+    assert!(ok && out.trim() == "ok", "{out}");
+    let (ok, out) = through_name(&["auth", "whoami", "-o", "jsonpath={.status.userInfo.username}"]);
+    assert!(ok && out.trim() == "girder-admin", "{out}");
+    // Every master answers by its own address too, and they share one etcd:
+    // what one writes, another reads.
+    for address in &three {
+        let server = format!("https://{address}:6443");
+        let (ok, out) = through_name(&["--server", &server, "get", "--raw", "/readyz"]);
+        assert!(ok && out.trim() == "ok", "{server}: {out}");
+    }
+    let first = format!("https://{}:6443", three[0]);
+    let last = format!("https://{}:6443", three[2]);
+    let (ok, out) = through_name(&["--server", &first, "create", "namespace", "written-through-one"]);
+    assert!(ok, "{out}");
+    let (ok, out) = through_name(&["--server", &last, "get", "namespace", "written-through-one", "-o", "name"]);
+    assert!(ok && out.trim() == "namespace/written-through-one", "{out}");
+
+    // 3 -> 2: the master of the highest index leaves the pool; the name
+    // still answers. 2 -> 3: it comes back.
+    masters_workload(&ns, data, assets, 2);
+    let done = masters_settled(&farm, 2).await;
+    let two = master_addresses(&done);
+    assert_eq!(two.len(), 2, "{two:?}");
+    let names: Vec<&str> = two.iter().map(String::as_str).collect();
+    dig_until(&bind, &["k8s.lab.test", "A"], set(&names)).await;
+    let (ok, out) = through_name(&["get", "--raw", "/readyz"]);
+    assert!(ok && out.trim() == "ok", "{out}");
+    masters_workload(&ns, data, assets, 3);
+    let done = masters_settled(&farm, 3).await;
+    assert_eq!(master_addresses(&done), three);
+    let names: Vec<&str> = three.iter().map(String::as_str).collect();
+    dig_until(&bind, &["k8s.lab.test", "A"], set(&names)).await;
 }

@@ -177,26 +177,44 @@ impl Agent {
             "status": { "agent": &*reported },
         });
         let params = PatchParams::apply(MANAGER).force();
+        let write = || async { self.nodes.patch_status(&self.credentials.node, &params, &Patch::Apply(&body)).await };
+        self.write_until_done("report", write, |refused| {
+            // The admission policy refused: this session is not the node's any more.
+            (refused.code == 403 || refused.code == 422).then(|| Err(LinkError::Revoked(refused.message.clone())))
+        })
+        .await
+    }
+
+    /// Does `write` (a status patch) until it succeeds, retrying transient
+    /// failures with a capped backoff. `settle` ends it on an answer of the
+    /// API server (`None`: retry). An error only when the session is over.
+    pub(crate) async fn write_until_done<T, F, Fut>(
+        &self,
+        what: &str,
+        mut write: F,
+        settle: impl Fn(&kube::core::Status) -> Option<Result<(), LinkError>>,
+    ) -> Result<(), LinkError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, kube::Error>>,
+    {
         let mut wait = Duration::from_secs(1);
         loop {
-            match self.nodes.patch_status(&self.credentials.node, &params, &Patch::Apply(&body)).await {
+            let err = match write().await {
                 Ok(_) => return Ok(()),
-                Err(err) => match LinkError::from_api(err) {
-                    LinkError::Revoked(why) => return Err(LinkError::Revoked(why)),
-                    LinkError::Api(err) if matches!(err.as_ref(), kube::Error::Api(s) if s.code == 403 || s.code == 422) =>
-                    {
-                        // The admission policy refused: this session is not the node's any more.
-                        return Err(LinkError::Revoked(err.to_string()));
+                Err(kube::Error::Api(answer)) if let Some(outcome) = settle(&answer) => return outcome,
+                Err(err) => err,
+            };
+            match LinkError::from_api(err) {
+                LinkError::Revoked(why) => return Err(LinkError::Revoked(why)),
+                err => {
+                    tracing::warn!(error = %err, "cannot {what}; trying again");
+                    tokio::select! {
+                        _ = self.over.cancelled() => return Err(err),
+                        _ = tokio::time::sleep(wait) => {}
                     }
-                    err => {
-                        tracing::warn!(error = %err, "cannot report; trying again");
-                        tokio::select! {
-                            _ = self.over.cancelled() => return Err(err),
-                            _ = tokio::time::sleep(wait) => {}
-                        }
-                        wait = (wait * 2).min(Duration::from_secs(30));
-                    }
-                },
+                    wait = (wait * 2).min(Duration::from_secs(30));
+                }
             }
         }
     }
@@ -303,44 +321,75 @@ async fn renew_token(agent: Arc<Agent>) {
     }
 }
 
-/// Follows the node and does each run asked of this session, once.
-async fn work_loop(agent: Arc<Agent>) -> Result<(), LinkError> {
-    let journal = runs::Journal::new(&agent.state_dir);
-    let (latest, mut changes) = watch::channel::<Option<Arc<BareMetalNode>>>(None);
-    let config = watcher::Config::default().fields(&format!("metadata.name={}", agent.credentials.node));
-    let mut stream = watcher::watcher(agent.nodes.clone(), config).boxed();
-    let over = agent.over.clone();
-    let follow = tokio::spawn(async move {
+/// What an agent sees of the objects a watch selects: `None` until they
+/// are first listed, then every one by name (relists included).
+pub(crate) type Seen<K> = Option<std::collections::BTreeMap<String, Arc<K>>>;
+
+/// Mirrors the objects `config` selects from `api` into a watch channel
+/// until `over` is cancelled; a failed watch is retried every 2 s.
+pub(crate) fn mirror<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    over: CancellationToken,
+    what: &'static str,
+) -> (watch::Receiver<Seen<K>>, tokio::task::JoinHandle<()>)
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+{
+    let (latest, changes) = watch::channel::<Seen<K>>(None);
+    let mut stream = watcher::watcher(api, config).boxed();
+    let task = tokio::spawn(async move {
+        let mut pending = std::collections::BTreeMap::new();
         loop {
             let event = tokio::select! {
                 _ = over.cancelled() => return,
                 event = stream.next() => event,
             };
             match event {
-                Some(Ok(watcher::Event::Apply(node) | watcher::Event::InitApply(node))) => {
-                    let _ = latest.send(Some(Arc::new(node)));
+                Some(Ok(watcher::Event::Apply(object))) => latest.send_modify(|seen| {
+                    seen.get_or_insert_default().insert(kube::ResourceExt::name_any(&object), Arc::new(object));
+                }),
+                Some(Ok(watcher::Event::Delete(object))) => latest.send_modify(|seen| {
+                    seen.get_or_insert_default().remove(&kube::ResourceExt::name_any(&object));
+                }),
+                Some(Ok(watcher::Event::Init)) => pending.clear(),
+                Some(Ok(watcher::Event::InitApply(object))) => {
+                    pending.insert(kube::ResourceExt::name_any(&object), Arc::new(object));
                 }
-                Some(Ok(watcher::Event::Delete(_))) => {
-                    tracing::info!("the node was deleted");
-                    over.cancel();
-                    return;
+                Some(Ok(watcher::Event::InitDone)) => {
+                    let _ = latest.send(Some(std::mem::take(&mut pending)));
                 }
-                Some(Ok(_)) => {}
                 Some(Err(err)) => {
-                    tracing::warn!(error = %err, "watching the node failed; retrying");
+                    tracing::warn!(error = %err, "watching {what} failed; retrying");
                     tokio::time::sleep(Duration::from_secs(2)).await;
                 }
                 None => return,
             }
         }
     });
+    (changes, task)
+}
+
+/// Follows the node and does each run asked of this session, once.
+async fn work_loop(agent: Arc<Agent>) -> Result<(), LinkError> {
+    let journal = runs::Journal::new(&agent.state_dir);
+    let name = agent.credentials.node.clone();
+    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let (mut changes, follow) = mirror(agent.nodes.clone(), config, agent.over.clone(), "the node");
     let mut done: Option<String> = None;
     let result = loop {
         tokio::select! {
             _ = agent.over.cancelled() => break Ok(()),
             changed = changes.changed() => if changed.is_err() { break Ok(()) },
         }
-        let Some(node) = changes.borrow_and_update().clone() else { continue };
+        let node = match changes.borrow_and_update().as_ref() {
+            None => continue,
+            Some(seen) => seen.get(&name).cloned(),
+        };
+        let Some(node) = node else {
+            tracing::info!("the node was deleted");
+            break Ok(());
+        };
         let provisioning = node.status.as_ref().and_then(|s| s.provisioning.as_ref());
         if provisioning.and_then(|p| p.session.as_deref()) != Some(agent.credentials.session.as_str()) {
             tracing::info!("the operator closed this agent session");
@@ -404,6 +453,11 @@ async fn take_up(
 
 /// The process's peak resident memory (VmHWM), in KiB, where /proc says it.
 pub fn peak_rss_kib() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    peak_rss_kib_of("self")
+}
+
+/// The peak resident set size of `process` (a pid, or `self`), in KiB.
+pub fn peak_rss_kib_of(process: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{process}/status")).ok()?;
     status.lines().find_map(|line| line.strip_prefix("VmHWM:"))?.split_whitespace().next()?.parse().ok()
 }

@@ -21,10 +21,13 @@
 use super::Agent;
 use super::link::LinkError;
 use super::runs::{Entry, Journal};
-use crate::api::noderole::{NodeRole, RoleReport, RoleRun, RoleRunState};
+use crate::api::noderole::{
+    NodeRole, OUTPUTS_NODE_ANNOTATION, RoleReport, RoleRun, RoleRunState, SecretOutputs, secret_outputs_name,
+};
 use crate::graph::BindingState;
-use futures::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
@@ -33,7 +36,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt};
-use tokio::sync::watch;
 
 /// The most of a task's output kept for its status.
 pub const LOG_TAIL_BYTES: usize = 4096;
@@ -47,48 +49,13 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 pub async fn follow(agent: Arc<Agent>) -> Result<(), LinkError> {
     let api: Api<NodeRole> = Api::namespaced(agent.client.clone(), &agent.credentials.namespace);
     let journal: Journal<RoleReport> = Journal::named(&agent.state_dir, "role-runs");
-    let (latest, mut changes) = watch::channel::<BTreeMap<String, Arc<NodeRole>>>(BTreeMap::new());
     let config = watcher::Config::default().fields(&format!("spec.node={}", agent.credentials.node));
-    let mut stream = watcher::watcher(api.clone(), config).boxed();
-    let over = agent.over.clone();
-    let follow = tokio::spawn(async move {
-        let mut pending: BTreeMap<String, Arc<NodeRole>> = BTreeMap::new();
-        loop {
-            let event = tokio::select! {
-                _ = over.cancelled() => return,
-                event = stream.next() => event,
-            };
-            match event {
-                Some(Ok(watcher::Event::Apply(b))) => {
-                    latest.send_modify(|all| {
-                        all.insert(b.name_any(), Arc::new(b));
-                    });
-                }
-                Some(Ok(watcher::Event::Delete(b))) => {
-                    latest.send_modify(|all| {
-                        all.remove(&b.name_any());
-                    });
-                }
-                Some(Ok(watcher::Event::Init)) => pending.clear(),
-                Some(Ok(watcher::Event::InitApply(b))) => {
-                    pending.insert(b.name_any(), Arc::new(b));
-                }
-                Some(Ok(watcher::Event::InitDone)) => {
-                    let _ = latest.send(std::mem::take(&mut pending));
-                }
-                Some(Err(err)) => {
-                    tracing::warn!(error = %err, "watching this node's roles failed; retrying");
-                    tokio::time::sleep(Duration::from_secs(2)).await;
-                }
-                None => return,
-            }
-        }
-    });
+    let (mut changes, follow) = super::mirror(api.clone(), config, agent.over.clone(), "this node's roles");
     let mut done: BTreeSet<String> = BTreeSet::new();
     let result = loop {
         let next = {
             let all = changes.borrow_and_update();
-            all.values().find_map(|b| wanted(b, &done).map(|run| (b.clone(), run)))
+            all.iter().flat_map(|all| all.values()).find_map(|b| wanted(b, &done).map(|run| (b.clone(), run)))
         };
         let Some((binding, run)) = next else {
             tokio::select! {
@@ -161,6 +128,7 @@ async fn take_up(
         started: Some(started.clone()),
         milliseconds: None,
         outputs: None,
+        secret_outputs: None,
     };
     send(agent, api, &name, &report).await?;
     let dir = agent.state_dir.join("roles").join(&name);
@@ -204,6 +172,22 @@ async fn take_up(
             }
         }
     }
+    if report.state == RoleRunState::Succeeded {
+        // Before the result is journaled: the journal never holds them, and a
+        // restart before this point reports the run interrupted.
+        let mut outputs = report.outputs.take().unwrap_or_else(|| serde_json::json!({}));
+        match keep_secret(agent, binding, run, &mut outputs).await {
+            Ok(secret) => {
+                report.outputs = Some(outputs);
+                report.secret_outputs = secret;
+            }
+            Err((reason, message)) => {
+                report.state = RoleRunState::Failed;
+                report.reason = Some(reason.to_string());
+                report.message = Some(message);
+            }
+        }
+    }
     report.milliseconds = Some(i64::try_from(clock.elapsed().as_millis()).unwrap_or(i64::MAX));
     tracing::info!(binding = %name, run = %run.id, state = ?report.state, reason = report.reason.as_deref().unwrap_or(""), milliseconds = report.milliseconds, "task finished");
     journal.finished(&run.id, &report).map_err(state_error)?;
@@ -222,6 +206,7 @@ fn interrupted(run: &RoleRun) -> RoleReport {
         started: None,
         milliseconds: None,
         outputs: None,
+        secret_outputs: None,
     }
 }
 
@@ -234,32 +219,134 @@ async fn send(agent: &Agent, api: &Api<NodeRole>, name: &str, report: &RoleRepor
         "status": { "report": report },
     });
     let params = PatchParams::apply(super::MANAGER).force();
-    let mut wait = Duration::from_secs(1);
-    loop {
-        match api.patch_status(name, &params, &Patch::Apply(&body)).await {
-            Ok(_) => return Ok(()),
-            Err(kube::Error::Api(s)) if s.code == 404 => {
+    let write = || async { api.patch_status(name, &params, &Patch::Apply(&body)).await };
+    let what = format!("report on binding {name}");
+    agent
+        .write_until_done(&what, write, |answer| match answer.code {
+            404 => {
                 tracing::info!(binding = %name, "the binding is gone; nothing to report to");
-                return Ok(());
+                Some(Ok(()))
             }
-            Err(kube::Error::Api(s)) if s.code == 403 || s.code == 422 => {
+            403 | 422 => {
                 // The admission policy refuses a report for a run the
                 // operator no longer asks (it asked another, or gave up on
                 // this one): nothing will take it, so it is dropped.
-                tracing::warn!(binding = %name, run = %report.id, refused = %s.message, "the report was refused; dropping it");
-                return Ok(());
+                tracing::warn!(binding = %name, run = %report.id, refused = %answer.message, "the report was refused; dropping it");
+                Some(Ok(()))
             }
-            Err(err) => match LinkError::from_api(err) {
-                LinkError::Revoked(why) => return Err(LinkError::Revoked(why)),
-                err => {
-                    tracing::warn!(binding = %name, error = %err, "cannot report; trying again");
-                    tokio::select! {
-                        _ = agent.over.cancelled() => return Err(err),
-                        _ = tokio::time::sleep(wait) => {}
+            _ => None,
+        })
+        .await
+}
+
+/// How long a Secret the operator just granted may take to be readable or
+/// writable (the API server's authorizer follows Roles through a cache).
+const GRANT_PATIENCE: Duration = Duration::from_secs(15);
+
+/// `inputs` with each parent's sensitive outputs, read from the Secret its
+/// `secretOutputs` names, added to that parent's `outputs` (as strings).
+async fn with_secrets(agent: &Agent, inputs: &serde_json::Value) -> Result<serde_json::Value, String> {
+    let secrets: Api<Secret> = Api::namespaced(agent.client.clone(), &agent.credentials.namespace);
+    let mut inputs = inputs.clone();
+    let Some(parents) = inputs.get_mut("parents").and_then(serde_json::Value::as_object_mut) else {
+        return Ok(inputs);
+    };
+    for parent in parents.values_mut() {
+        let entries: Vec<&mut serde_json::Value> = match parent {
+            serde_json::Value::Array(all) => all.iter_mut().collect(),
+            one => vec![one],
+        };
+        for entry in entries {
+            let Some(name) = entry.pointer("/secretOutputs/secret").and_then(|v| v.as_str()).map(str::to_string) else {
+                continue;
+            };
+            let deadline = Instant::now() + GRANT_PATIENCE;
+            let secret = loop {
+                match secrets.get(&name).await {
+                    Ok(secret) => break secret,
+                    Err(kube::Error::Api(s)) if (s.code == 403 || s.code == 404) && Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_millis(500)).await;
                     }
-                    wait = (wait * 2).min(Duration::from_secs(30));
+                    Err(err) => return Err(format!("cannot read Secret {name} (a parent's sensitive outputs): {err}")),
                 }
-            },
+            };
+            if !entry.get("outputs").is_some_and(serde_json::Value::is_object) {
+                entry["outputs"] = serde_json::json!({});
+            }
+            if let Some(outputs) = entry["outputs"].as_object_mut() {
+                for (key, value) in secret.data.unwrap_or_default() {
+                    outputs.insert(key, serde_json::Value::String(String::from_utf8_lossy(&value.0).into_owned()));
+                }
+            }
+        }
+    }
+    Ok(inputs)
+}
+
+/// Takes the outputs the task declares sensitive out of `outputs` and puts
+/// them, as strings, in the binding's Secret (which the operator made,
+/// owned by the binding, when it granted it); says where they went.
+async fn keep_secret(
+    agent: &Agent,
+    binding: &NodeRole,
+    run: &RoleRun,
+    outputs: &mut serde_json::Value,
+) -> Result<Option<SecretOutputs>, (&'static str, String)> {
+    let Some(map) = outputs.as_object_mut().filter(|_| !run.task.sensitive_outputs.is_empty()) else {
+        return Ok(None);
+    };
+    let mut data = BTreeMap::new();
+    for key in &run.task.sensitive_outputs {
+        let Some(value) = map.remove(key) else { continue };
+        if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric() || "-._".contains(c)) {
+            return Err((
+                "OutputsInvalid",
+                format!("sensitive output {key:?} cannot be a Secret key (letters, digits, '-', '_' and '.' only)"),
+            ));
+        }
+        let text = match value {
+            serde_json::Value::String(text) => text,
+            other => other.to_string(),
+        };
+        data.insert(key.clone(), k8s_openapi::ByteString(text.into_bytes()));
+    }
+    let name = secret_outputs_name(&binding.name_any());
+    let mut secret = Secret { type_: Some("Opaque".into()), data: Some(data), ..Default::default() };
+    secret.metadata.name = Some(name.clone());
+    secret.metadata.annotations =
+        Some(BTreeMap::from([(OUTPUTS_NODE_ANNOTATION.to_string(), binding.spec.node.clone())]));
+    secret.metadata.owner_references = Some(vec![OwnerReference {
+        api_version: "girder.dev/v1alpha1".into(),
+        kind: "NodeRole".into(),
+        name: binding.name_any(),
+        uid: binding.metadata.uid.clone().unwrap_or_default(),
+        ..Default::default()
+    }]);
+    let keys: Vec<String> = secret.data.iter().flat_map(|d| d.keys().cloned()).collect();
+    let body = serde_json::to_value(&secret).map_err(|e| ("OutputsInvalid", e.to_string()))?;
+    let secrets: Api<Secret> = Api::namespaced(agent.client.clone(), &agent.credentials.namespace);
+    let params = PatchParams::apply(super::MANAGER).force();
+    let deadline = Instant::now() + GRANT_PATIENCE;
+    loop {
+        match secrets.patch(&name, &params, &Patch::Apply(&body)).await {
+            Ok(written) => {
+                let version = written.resource_version().unwrap_or_default();
+                tracing::info!(binding = %binding.name_any(), secret = %name, keys = keys.len(), "sensitive outputs kept in a Secret");
+                return Ok(Some(SecretOutputs { secret: name, version, keys }));
+            }
+            Err(err) if Instant::now() < deadline => {
+                tracing::warn!(secret = %name, error = %err, "cannot write the sensitive outputs yet; trying again");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = agent.over.cancelled() => return Err(("OutputsUnwritable", "the agent session ended".into())),
+                }
+            }
+            Err(err) => {
+                return Err((
+                    "OutputsUnwritable",
+                    format!("cannot write the sensitive outputs to Secret {name}: {err}"),
+                ));
+            }
         }
     }
 }
@@ -288,7 +375,11 @@ async fn attempt_task(
         log_tail: String::new(),
         result: Err((reason, message)),
     };
-    let files = match prepare(dir, run) {
+    let inputs = match with_secrets(agent, &run.inputs).await {
+        Ok(inputs) => inputs,
+        Err(message) => return failed("SecretsUnreadable", message),
+    };
+    let files = match prepare(dir, run, &inputs) {
         Ok(files) => files,
         Err(err) => return failed("TaskSetupFailed", format!("cannot prepare {}: {err}", dir.display())),
     };
@@ -314,7 +405,7 @@ async fn attempt_task(
     };
     let pgid = child.id().and_then(|id| i32::try_from(id).ok());
     if let Some(mut stdin) = child.stdin.take() {
-        let inputs = serde_json::to_vec_pretty(&run.inputs).unwrap_or_default();
+        let inputs = serde_json::to_vec_pretty(&inputs).unwrap_or_default();
         tokio::spawn(async move {
             use tokio::io::AsyncWriteExt;
             // A task that does not read its stdin closes it: not an error.
@@ -388,12 +479,13 @@ struct Files {
     outputs: PathBuf,
 }
 
-fn prepare(dir: &Path, run: &RoleRun) -> std::io::Result<Files> {
+fn prepare(dir: &Path, run: &RoleRun, inputs: &serde_json::Value) -> std::io::Result<Files> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::create_dir_all(dir)?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
-    let inputs = dir.join("inputs.json");
-    std::fs::write(&inputs, serde_json::to_vec_pretty(&run.inputs).map_err(std::io::Error::other)?)?;
+    let path = dir.join("inputs.json");
+    super::link::write_private(&path, &serde_json::to_vec_pretty(inputs).map_err(std::io::Error::other)?)?;
+    let inputs = path;
     let outputs = dir.join("outputs.json");
     match std::fs::remove_file(&outputs) {
         Err(err) if err.kind() != std::io::ErrorKind::NotFound => return Err(err),

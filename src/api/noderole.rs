@@ -20,6 +20,9 @@ pub const WORKLOAD_LABEL: &str = "girder.dev/workload";
 pub const ROLE_LABEL: &str = "girder.dev/role";
 /// Label naming the node of a binding (the agent selects its own by it).
 pub const NODE_LABEL: &str = "girder.dev/node";
+/// Annotation of a Secret of sensitive outputs: the node whose agent writes
+/// it (the `girder-agent-outputs` admission policy checks it).
+pub const OUTPUTS_NODE_ANNOTATION: &str = "girder.dev/node";
 
 /// A role of a workload bound to a node.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
@@ -88,6 +91,10 @@ pub struct NodeRoleStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "super::role::free_form_object")]
     pub outputs: Option<serde_json::Value>,
+    /// Where the sensitive outputs of that run are (a Secret; never the
+    /// values themselves).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_outputs: Option<SecretOutputs>,
     /// Runs started for this binding, all told.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runs: Option<i32>,
@@ -149,18 +156,46 @@ pub struct RoleReport {
     /// How long the run took, all attempts and pauses together.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub milliseconds: Option<i64>,
-    /// Output attributes the task declared (on success).
+    /// Output attributes the task declared (on success), less the sensitive ones.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "super::role::free_form_object")]
     pub outputs: Option<serde_json::Value>,
+    /// Where the sensitive outputs went (on success, when the task declared any).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_outputs: Option<SecretOutputs>,
+}
+
+/// A binding's sensitive outputs: which Secret holds them, at which
+/// version, under which keys (a new version runs the children again).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretOutputs {
+    /// The Secret, in the binding's namespace.
+    #[schemars(length(min = 1, max = 253))]
+    pub secret: String,
+    /// Its resourceVersion after the agent wrote them.
+    pub version: String,
+    /// The output keys it holds.
+    #[serde(default)]
+    #[schemars(length(max = 64))]
+    pub keys: Vec<String>,
 }
 
 /// The name of the binding of `role` of `workload` on `node`:
 /// `<workload>.<role>.<node>`, or, when that would not fit a name, a
 /// shortened one with a digest of the three.
 pub fn binding_name(workload: &str, role: &str, node: &str) -> String {
+    fit_name(format!("{workload}.{role}.{node}"))
+}
+
+/// The Secret holding the sensitive outputs of binding `binding`.
+pub fn secret_outputs_name(binding: &str) -> String {
+    fit_name(format!("girder-out-{binding}"))
+}
+
+/// `full` if it fits an object name, else shortened with a digest of it.
+pub fn fit_name(full: String) -> String {
     use sha2::Digest;
-    let full = format!("{workload}.{role}.{node}");
     if full.len() <= 253 {
         return full;
     }
@@ -184,5 +219,8 @@ mod tests {
         assert!(long.len() <= 253, "{}", long.len());
         assert_ne!(long, binding_name(&"w".repeat(200), "etcd", &"n".repeat(99)));
         assert_eq!(long, binding_name(&"w".repeat(200), "etcd", &"n".repeat(100)));
+        assert_eq!(secret_outputs_name("k8s.etcd.n1"), "girder-out-k8s.etcd.n1");
+        let secret = secret_outputs_name(&long);
+        assert!(secret.len() <= 253 && secret.starts_with("girder-out-"), "{secret}");
     }
 }

@@ -78,6 +78,15 @@ pub struct Task {
     /// Never re-run once Active (e.g. formatting a disk).
     #[serde(default)]
     pub destructive: bool,
+    /// Output keys that are secret (keys, tokens, kubeconfigs): the agent
+    /// keeps them out of status and puts them, as strings, in the Secret
+    /// `girder-out-<binding>` (owned by the binding). Children find them
+    /// among the parent's outputs in their inputs; only their nodes' agents
+    /// may read that Secret.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub sensitive_outputs: Vec<String>,
 }
 
 fn default_timeout() -> i32 {

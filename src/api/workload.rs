@@ -182,8 +182,9 @@ pub struct RoleCounts {
     /// The nodes holding the role, in index order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub nodes: Vec<String>,
-    /// The nodes whose binding of the role is Active: the members of the
-    /// role's DNS pools.
+    /// The nodes whose binding of the role is Active and whose agent sends
+    /// heartbeats: the members of the role's DNS pools. A node that goes
+    /// down leaves them until its agent is back.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub active_nodes: Vec<String>,
 }

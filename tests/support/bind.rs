@@ -4,6 +4,9 @@ use super::{apply_yaml, free_port, repo_root, run_ok, wait_for};
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 /// A BIND started for one test, stopped when dropped.
 pub struct Bind {
@@ -32,6 +35,33 @@ impl Bind {
 
     pub fn server(&self) -> String {
         format!("127.0.0.1:{}", self.port)
+    }
+
+    /// A resolver a `resolv.conf` can name (it names no port): port 53 of
+    /// `address`, a loopback address of the test's own, passing each query
+    /// to this BIND and its answer back. named itself listens only on the
+    /// addresses of an interface.
+    pub fn resolver(&self, address: &str) -> Resolver {
+        let socket = std::net::UdpSocket::bind((address, 53)).unwrap_or_else(|e| panic!("port 53 of {address}: {e}"));
+        socket.set_read_timeout(Some(Duration::from_millis(200))).expect("read timeout");
+        let upstream = self.server();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut query = [0u8; 4096];
+            let mut answer = [0u8; 65535];
+            while !stopped.load(Ordering::Relaxed) {
+                let Ok((n, client)) = socket.recv_from(&mut query) else { continue };
+                let Ok(up) = std::net::UdpSocket::bind("127.0.0.1:0") else { continue };
+                let _ = up.set_read_timeout(Some(Duration::from_secs(2)));
+                if up.send_to(&query[..n], &upstream).is_ok()
+                    && let Ok(m) = up.recv(&mut answer)
+                {
+                    let _ = socket.send_to(&answer[..m], client);
+                }
+            }
+        });
+        Resolver { stop, thread: Some(thread) }
     }
 
     /// The answers of `dig` for `name` and `rtype` (`-x` for a reverse lookup).
@@ -74,4 +104,19 @@ pub async fn dig_until(bind: &Bind, args: &[&str], want: BTreeSet<String>) {
         async move { (&got == want).then_some(()) }
     })
     .await
+}
+
+/// A stub resolver in front of a [`Bind`] (UDP), stopped when dropped.
+pub struct Resolver {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Resolver {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }

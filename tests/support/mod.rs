@@ -246,12 +246,19 @@ impl Operator {
 
     /// Waits for the process to exit and returns its exit code (None if killed by a signal).
     pub async fn wait_exit(&mut self) -> Option<i32> {
-        let status = wait_for("the operator to exit", || {
-            let status = self.child.try_wait().expect("try_wait");
-            async move { status }
-        })
-        .await;
-        status.code()
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status.code();
+            }
+            if Instant::now() >= deadline {
+                let logs = self.logs();
+                let tail: Vec<&str> = logs.lines().rev().take(40).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                panic!("the operator did not exit within {PATIENCE:?}; its last log lines:\n{}", tail.join("\n"));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     pub fn logs(&self) -> String {
@@ -386,6 +393,5 @@ pub fn condition(node: &BareMetalNode, type_: &str) -> Option<(ConditionStatus, 
 
 /// The peak resident memory (VmHWM, KiB) of process `pid`, where /proc says it.
 pub fn peak_rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?.split_whitespace().next()?.parse().ok()
+    girder::agent::peak_rss_kib_of(&pid.to_string())
 }

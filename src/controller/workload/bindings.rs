@@ -15,7 +15,7 @@
 //! way. An Error stays until its inputs or its task change (the fix) or the
 //! binding is deleted (an explicit re-run).
 
-use crate::api::noderole::{NodeRole, NodeRoleStatus, RoleReport, RoleRun, RoleRunState, binding_name};
+use crate::api::noderole::{NodeRole, NodeRoleStatus, RoleReport, RoleRun, RoleRunState, SecretOutputs, binding_name};
 use crate::api::workload::RoleCounts;
 use crate::api::{RoleSpec, Task, Workload, WorkloadRole};
 use crate::graph::{Binding, BindingState, RoleGraph, Scope, anneal};
@@ -197,7 +197,7 @@ pub fn decide(world: &World<'_>) -> Outcome {
         }
         if old.state == Some(BindingState::Running) && state == BindingState::Active {
             // The run that just succeeded: its outputs and the inputs it had.
-            status.outputs = current_outputs(&old);
+            (status.outputs, status.secret_outputs) = current_outputs(&old);
             status.applied_inputs_hash = old.run.as_ref().map(|r| r.inputs_hash.clone());
         }
         if state == BindingState::Error {
@@ -218,7 +218,11 @@ pub fn decide(world: &World<'_>) -> Outcome {
             BindingState::Running => c.running += 1,
             BindingState::Active => {
                 c.active += 1;
-                c.active_nodes.push(p.node.to_string());
+                // A node that is down (its agent's heartbeat lapsed) leaves
+                // the role's DNS pools until it is back.
+                if nodes.get(p.node).is_some_and(|n| n.connected) {
+                    c.active_nodes.push(p.node.to_string());
+                }
             }
             BindingState::Error => c.error += 1,
         }
@@ -241,7 +245,7 @@ pub fn decide(world: &World<'_>) -> Outcome {
 }
 
 fn no_task() -> Task {
-    Task { script: "true".into(), timeout_seconds: 60, retries: 0, destructive: false }
+    Task { script: "true".into(), timeout_seconds: 60, retries: 0, destructive: false, sensitive_outputs: Vec::new() }
 }
 
 /// The state a binding is in before this pass's annealing, from its last
@@ -476,8 +480,13 @@ fn binding_inputs(
     };
     let with_outputs = |p: &Placed<'_>| {
         let mut v = facts(p);
-        let outputs = p.existing.and_then(|b| b.status.as_ref()).and_then(current_outputs);
+        let (outputs, secret) = p.existing.and_then(|b| b.status.as_ref()).map(current_outputs).unwrap_or_default();
         v["outputs"] = outputs.unwrap_or_else(|| json!({}));
+        if let Some(secret) = secret {
+            // Where the agent finds the rest (it adds them to "outputs"); the
+            // version makes a change of them a change of the inputs.
+            v["secretOutputs"] = json!(secret);
+        }
         v
     };
     let members: Vec<Value> = placed.iter().filter(|p| p.role == me.role).map(facts).collect();
@@ -504,15 +513,18 @@ fn binding_inputs(
     }))
 }
 
-/// A binding's outputs as of this pass: those of a run that has just
-/// succeeded (its children may start in the same pass), else the last ones.
-fn current_outputs(status: &NodeRoleStatus) -> Option<Value> {
+/// A binding's outputs (and where its sensitive ones are) as of this pass:
+/// those of a run that has just succeeded (its children may start in the
+/// same pass), else the last ones.
+fn current_outputs(status: &NodeRoleStatus) -> (Option<Value>, Option<SecretOutputs>) {
     let run = status.run.as_ref();
     let succeeded =
         status.report.as_ref().filter(|r| r.state == RoleRunState::Succeeded && run.is_some_and(|run| run.id == r.id));
     match (status.state, succeeded) {
-        (Some(BindingState::Running), Some(report)) => Some(report.outputs.clone().unwrap_or_else(|| json!({}))),
-        _ => status.outputs.clone(),
+        (Some(BindingState::Running), Some(report)) => {
+            (Some(report.outputs.clone().unwrap_or_else(|| json!({}))), report.secret_outputs.clone())
+        }
+        _ => (status.outputs.clone(), status.secret_outputs.clone()),
     }
 }
 

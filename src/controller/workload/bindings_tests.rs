@@ -6,7 +6,13 @@ use serde_json::json;
 fn role(requires: &[&str], task: Option<&str>) -> RoleSpec {
     RoleSpec {
         requires: requires.iter().map(|s| s.to_string()).collect(),
-        task: task.map(|script| Task { script: script.into(), timeout_seconds: 60, retries: 0, destructive: false }),
+        task: task.map(|script| Task {
+            script: script.into(),
+            timeout_seconds: 60,
+            retries: 0,
+            destructive: false,
+            sensitive_outputs: Vec::new(),
+        }),
         ..Default::default()
     }
 }
@@ -119,6 +125,7 @@ impl Lab {
             started: None,
             milliseconds: Some(1500),
             outputs: Some(outputs),
+            secret_outputs: None,
         });
     }
 
@@ -356,6 +363,28 @@ fn a_lost_or_interrupted_run_runs_again_unless_destructive() {
     assert_eq!(lab.run_id("etcd", "n1"), before);
     let (state, message) = lab.state("etcd", "n0");
     assert_eq!(state, BindingState::Error, "lost mid-run, destructive: {message}");
+}
+
+#[test]
+fn a_node_that_is_down_leaves_the_pool_and_comes_back_with_its_agent() {
+    let mut lab = Lab::new(3);
+    lab.workload.spec.roles = vec![wr("etcd", Some(3))];
+    let pool = |outcome: &Outcome| outcome.counts[0].active_nodes.clone();
+    let mut outcome = lab.pass();
+    while !outcome.converged {
+        lab.succeed_running();
+        outcome = lab.pass();
+    }
+    assert_eq!(pool(&outcome), ["n0", "n1", "n2"]);
+    // n1's heartbeat lapses: its binding stays Active (nothing re-runs), but
+    // the pool no longer names it.
+    lab.nodes[1].connected = false;
+    let outcome = lab.pass();
+    assert_eq!(lab.state("etcd", "n1").0, BindingState::Active);
+    assert_eq!(outcome.counts[0].active, 3);
+    assert_eq!(pool(&outcome), ["n0", "n2"]);
+    lab.nodes[1].connected = true;
+    assert_eq!(pool(&lab.pass()), ["n0", "n1", "n2"]);
 }
 
 #[test]

@@ -6,20 +6,24 @@
 //! this module reads the caches and applies them.
 
 pub mod bindings;
+pub mod outputs_access;
 
 use super::cache::{OnDelete, reflect};
 use super::role::GuardedRole;
 use super::{Context, Error, key};
 use crate::api::condition::{self, Condition};
 use crate::api::node::NodePhase;
-use crate::api::noderole::{NODE_LABEL, NodeRole, NodeRoleSpec, ROLE_LABEL, WORKLOAD_LABEL};
+use crate::api::noderole::{
+    NODE_LABEL, NodeRole, NodeRoleSpec, OUTPUTS_NODE_ANNOTATION, ROLE_LABEL, WORKLOAD_LABEL, secret_outputs_name,
+};
 use crate::api::workload::RoleCounts;
-use crate::api::{BareMetalNode, ConditionStatus, PlanLayer, RoleSpec, Workload, WorkloadStatus};
+use crate::api::{BareMetalNode, ConditionStatus, PlanLayer, Role, RoleSpec, Workload, WorkloadStatus};
 use crate::graph::RoleGraph;
 use crate::k8s::{apply_status, apply_status_at, manager};
 use bindings::{NodeFacts, Outcome, World};
 use futures::StreamExt;
-use kube::api::{DeleteParams, Patch, PatchParams};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::core::{DeserializeGuard, Selector, SelectorExt};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{self, ObjectRef, ReflectHandle, Store};
@@ -38,6 +42,9 @@ struct WorkloadContext {
     roles: Store<GuardedRole>,
     nodes: Store<DeserializeGuard<BareMetalNode>>,
     bindings: Store<NodeRole>,
+    /// What each node's agent was last granted of sensitive outputs, by
+    /// (namespace, node): only a change is written.
+    granted: std::sync::Mutex<BTreeMap<(String, String), outputs_access::Names>>,
 }
 
 /// Decides a Workload's status from the role graph of its namespace and,
@@ -177,6 +184,12 @@ fn more(n: usize) -> String {
     if n > 1 { format!(" (and {} more)", n - 1) } else { String::new() }
 }
 
+/// The workload's `spec.nodeSelector`, parsed; the error says what is wrong
+/// with it.
+pub fn node_selector(workload: &Workload) -> Result<Option<Selector>, String> {
+    workload.spec.node_selector.clone().map(Selector::try_from).transpose().map_err(|e| e.to_string())
+}
+
 /// What the annealer knows of a node (pure).
 pub fn node_facts(node: &BareMetalNode, selector: Option<&Selector>) -> NodeFacts {
     let status = node.status.as_ref();
@@ -213,19 +226,13 @@ async fn reconcile(guard: Arc<DeserializeGuard<Workload>>, wc: Arc<WorkloadConte
     let mut requeue = Duration::from_secs(3600);
     let outcome = match graph.plan(&names) {
         Ok(_) if workload.metadata.deletion_timestamp.is_none() => {
-            let selector: Option<Selector> = match workload.spec.node_selector.clone().map(Selector::try_from) {
-                Some(Ok(selector)) => Some(selector),
-                Some(Err(err)) => {
-                    return Err(Error::Invalid {
-                        kind: "Workload",
-                        namespace: namespace.to_string(),
-                        name: workload.name_any(),
-                        field: "spec.nodeSelector",
-                        message: err.to_string(),
-                    });
-                }
-                None => None,
-            };
+            let selector = node_selector(workload).map_err(|message| Error::Invalid {
+                kind: "Workload",
+                namespace: namespace.to_string(),
+                name: workload.name_any(),
+                field: "spec.nodeSelector",
+                message,
+            })?;
             let outcome = decide_bindings(&wc, workload, &graph, &namespace, selector.as_ref());
             apply_bindings(&wc, workload, &namespace, &outcome).await?;
             if !outcome.converged {
@@ -342,6 +349,8 @@ async fn apply_bindings(
             Err(e) => return Err(write_error(name, e)),
         }
     }
+    // Before any run is asked: its agent may read the Secrets it names.
+    grant_outputs(wc, workload, namespace, outcome).await?;
     // Written side by side (a few at a time): a large workload's agents are
     // asked at once, not one status write after another.
     let mut pending: Vec<(String, Option<String>, serde_json::Value, String)> = Vec::new();
@@ -389,6 +398,129 @@ async fn apply_bindings(
     }
     if let Some(err) = failed {
         return Err(err);
+    }
+    Ok(())
+}
+
+/// Grants the agent of each node holding this workload's bindings the
+/// Secrets of sensitive outputs it writes and reads (`outputs_access`), as
+/// the bindings on the node will be once `outcome` is written. Only a
+/// change is written; a node left with none loses its Role.
+async fn grant_outputs(
+    wc: &WorkloadContext,
+    workload: &Workload,
+    namespace: &str,
+    outcome: &Outcome,
+) -> Result<(), Error> {
+    let sensitive = |role: &Role| role.spec.task.as_ref().is_some_and(|t| !t.sensitive_outputs.is_empty());
+    let any_sensitive = wc
+        .roles
+        .state()
+        .iter()
+        .any(|g| g.namespace().as_deref() == Some(namespace) && g.0.as_ref().is_ok_and(sensitive));
+    let any_granted = wc.granted.lock().is_ok_and(|g| g.keys().any(|(ns, _)| ns == namespace));
+    if !any_sensitive && !any_granted {
+        // The common case: no role here has sensitive outputs.
+        return Ok(());
+    }
+    let mine = |b: &NodeRole| b.spec.workload == workload.name_any();
+    let cached: Vec<Arc<NodeRole>> =
+        wc.bindings.state().into_iter().filter(|b| b.namespace().as_deref() == Some(namespace)).collect();
+    let touched: std::collections::BTreeSet<&str> = cached
+        .iter()
+        .filter(|b| mine(b))
+        .map(|b| b.spec.node.as_str())
+        .chain(outcome.create.iter().map(|c| c.node.as_str()))
+        .collect();
+    let mut on_node: BTreeMap<String, Vec<NodeRole>> = BTreeMap::new();
+    for b in cached.iter().filter(|b| touched.contains(b.spec.node.as_str())) {
+        let mut b = b.as_ref().clone();
+        if let Some(status) = outcome.statuses.get(&b.name_any()).filter(|_| mine(&b)) {
+            b.status = Some(status.clone());
+        }
+        on_node.entry(b.spec.node.clone()).or_default().push(b);
+    }
+    let sensitive = |role: &str| {
+        wc.roles.get(&ObjectRef::new(role).within(namespace)).is_some_and(|g| g.0.as_ref().is_ok_and(sensitive))
+    };
+    let params = PatchParams::apply(outputs_access::MANAGER).force();
+    let roles: Api<k8s_openapi::api::rbac::v1::Role> = Api::namespaced(wc.ctx.client.clone(), namespace);
+    let role_bindings: Api<k8s_openapi::api::rbac::v1::RoleBinding> = Api::namespaced(wc.ctx.client.clone(), namespace);
+    let secrets: Api<Secret> = Api::namespaced(wc.ctx.client.clone(), namespace);
+    for node in touched {
+        let names = outputs_access::names(on_node.get(node).into_iter().flatten(), sensitive);
+        let key = (namespace.to_string(), node.to_string());
+        let before = wc.granted.lock().map(|g| g.get(&key).cloned()).unwrap_or_default();
+        if before.as_ref() == Some(&names) || (before.is_none() && names.is_empty()) {
+            continue;
+        }
+        let name = outputs_access::role_name(node);
+        let write_error = |kind: &'static str| {
+            let (namespace, name) = (namespace.to_string(), name.clone());
+            move |source| Error::Write { kind, namespace, name, source }
+        };
+        if names.is_empty() {
+            for result in [
+                roles.delete(&name, &DeleteParams::default()).await.map(|_| ()),
+                role_bindings.delete(&name, &DeleteParams::default()).await.map(|_| ()),
+            ] {
+                match result {
+                    Ok(()) => {}
+                    Err(kube::Error::Api(s)) if s.is_not_found() => {}
+                    Err(e) => return Err(write_error("Role")(e)),
+                }
+            }
+        } else {
+            let Some(owner) = wc
+                .nodes
+                .get(&ObjectRef::new(node).within(namespace))
+                .and_then(|g| g.0.as_ref().ok().and_then(|n| n.controller_owner_ref(&())))
+                .and_then(|o| serde_json::to_value(o).ok())
+            else {
+                // The node is gone: so are its agent and its bindings.
+                continue;
+            };
+            let role = outputs_access::role(node, Some(&owner), &names);
+            roles.patch(&name, &params, &Patch::Apply(&role)).await.map_err(write_error("Role"))?;
+            let binding = outputs_access::role_binding(node, namespace, Some(&owner));
+            role_bindings.patch(&name, &params, &Patch::Apply(&binding)).await.map_err(write_error("RoleBinding"))?;
+            tracing::info!(%node, writes = names.write.len(), reads = names.read.len(), "granted the agent its sensitive outputs");
+            // The Secrets it writes exist, owned by their bindings: an agent
+            // may update them by name, never create a Secret.
+            let mut made_all = true;
+            for secret in names.write.iter().filter(|s| !before.as_ref().is_some_and(|b| b.write.contains(*s))) {
+                let binding =
+                    on_node.get(node).into_iter().flatten().find(|b| &secret_outputs_name(&b.name_any()) == secret);
+                let Some(owner) = binding.and_then(|b| b.controller_owner_ref(&())) else {
+                    // Created in this pass: not cached yet, so no uid; next pass.
+                    made_all = false;
+                    continue;
+                };
+                let mut empty = Secret { type_: Some("Opaque".into()), ..Default::default() };
+                empty.metadata.name = Some(secret.clone());
+                empty.metadata.annotations =
+                    Some(BTreeMap::from([(OUTPUTS_NODE_ANNOTATION.to_string(), node.to_string())]));
+                empty.metadata.owner_references = Some(vec![owner]);
+                match secrets.create(&PostParams::default(), &empty).await {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(s)) if s.code == 409 => {}
+                    Err(e) => {
+                        return Err(Error::Write {
+                            kind: "Secret",
+                            namespace: namespace.to_string(),
+                            name: secret.clone(),
+                            source: e,
+                        });
+                    }
+                }
+            }
+            if !made_all {
+                continue;
+            }
+        }
+        if let Ok(mut granted) = wc.granted.lock() {
+            granted.insert(key, names);
+        }
     }
     Ok(())
 }
@@ -455,7 +587,11 @@ pub async fn run(ctx: Arc<Context>, watches: Watches, shutdown: CancellationToke
             })
             .owns_shared_stream(binding_changes)
             .graceful_shutdown_on(async move { stop.cancelled().await })
-            .run(reconcile, error_policy, Arc::new(WorkloadContext { ctx, roles, nodes, bindings }))
+            .run(
+                reconcile,
+                error_policy,
+                Arc::new(WorkloadContext { ctx, roles, nodes, bindings, granted: Default::default() }),
+            )
             .for_each(|_| futures::future::ready(()))
             .await;
     };
