@@ -663,7 +663,7 @@ async fn the_sample_masters_serve_kubernetes_through_one_dns_name_that_follows_t
     let bind = Bind::start(&["lab.test"]);
     let _resolver = bind.resolver("127.94.0.2");
     let (tsig, dns) = farm_dns(&bind, "lab.test");
-    let farm = Farm::with("k8s", 3, "127.94.0", &tsig, &dns).await;
+    let mut farm = Farm::with("k8s", 3, "127.94.0", &tsig, &dns).await;
     let ns = farm.ns.name.clone();
     let assets = farm.serve("etcd", &tool("etcd"));
     let assets = assets.trim_end_matches("/etcd");
@@ -737,4 +737,18 @@ async fn the_sample_masters_serve_kubernetes_through_one_dns_name_that_follows_t
     assert_eq!(master_addresses(&done), three);
     let names: Vec<&str> = three.iter().map(String::as_str).collect();
     dig_until(&bind, &["k8s.lab.test", "A"], set(&names)).await;
+
+    // A master's machine loses power: its agent, its etcd member and its
+    // kube-apiserver stop at once. Its heartbeat lapses and it leaves the
+    // pool; the name still answers (etcd keeps a quorum with two of three).
+    let lost = done.iter().filter(|b| b.spec.role == "kube-apiserver").max_by_key(|b| b.spec.node.clone()).unwrap();
+    let lost_address = master_addresses(std::slice::from_ref(lost)).remove(0);
+    let i = farm.names.iter().position(|n| *n == lost.spec.node).unwrap();
+    farm.kill_agent(i);
+    let daemons = format!("{data}/(kube|etcd)/{}/bin/", lost.spec.node);
+    std::process::Command::new("pkill").args(["-KILL", "-f", &daemons]).status().unwrap();
+    let left: Vec<&str> = three.iter().map(String::as_str).filter(|a| *a != lost_address).collect();
+    dig_until(&bind, &["k8s.lab.test", "A"], set(&left)).await;
+    let (ok, out) = through_name(&["get", "--raw", "/readyz"]);
+    assert!(ok && out.trim() == "ok", "{out}");
 }
