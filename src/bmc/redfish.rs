@@ -10,7 +10,9 @@
 //!   replaces the platform trust store.
 //! - Every request has a timeout, a per-BMC concurrency limit, and bounded
 //!   retries on `503` that honour `Retry-After`. A `PATCH` sends `If-Match`
-//!   with the ETag the BMC gave, and retries once on `412`.
+//!   with the ETag the BMC gave; on `412` it reads again and sends the fresh
+//!   ETag in the strong form (some BMCs give weak ETags and compare them
+//!   strongly), then, on a second `412`, no `If-Match`.
 //!
 //! ## Why no `redfish-codegen` types
 //! The issue asked for the `redfish-codegen` crate (0.3.1). It is unusable for
@@ -197,6 +199,13 @@ impl Bmc for RedfishClient {
         let state = if needs_state { Some(self.power_state().await?) } else { None };
         let reset_type = reset_type(action, self.system.reset_types.as_deref(), state)
             .map_err(|what| BmcError::Unsupported { bmc: self.transport.bmc.clone(), what })?;
+        // The power button toggles: pressed on a system that is off, it
+        // would turn it on.
+        if reset_type == "PushPowerButton"
+            && matches!(self.power_state().await?, PowerState::Off | PowerState::PoweringOff)
+        {
+            return Ok(());
+        }
         let what = format!("POST {} ({reset_type})", self.system.reset_target);
         let reply = self.reset(reset_type).await?;
         if reply.status.is_success() {
@@ -226,7 +235,11 @@ impl Bmc for RedfishClient {
             BootMode::Legacy => "Legacy",
         };
         let what = format!("PATCH {} (boot override {target}, {mode})", self.system.path);
-        let mut precondition_failed = false;
+        // On 412 the system is read again and written with its fresh ETag,
+        // in the strong form if the BMC gave a weak one (some BMCs give
+        // W/"..." and compare If-Match strongly); on a second 412, without
+        // If-Match.
+        let mut precondition_failed = 0;
         loop {
             let (system, reply) = self.get_system().await?;
             let current = system.boot.unwrap_or_default();
@@ -246,16 +259,31 @@ impl Bmc for RedfishClient {
             if mode_changes {
                 patch["BootSourceOverrideMode"] = json!(mode);
             }
-            let etag = reply.etag().or(system.odata_etag);
+            let etag = match precondition_failed {
+                0 => reply.etag().or(system.odata_etag),
+                1 => reply.etag().or(system.odata_etag).map(|e| e.trim_start_matches("W/").to_string()),
+                _ => None,
+            };
             let reply = self
                 .transport
                 .send(Method::PATCH, &self.system.path, Some(&json!({ "Boot": patch })), etag.as_deref())
                 .await?;
-            // Someone changed the system between our read and our write:
-            // read it again, once.
-            if reply.status == StatusCode::PRECONDITION_FAILED && !precondition_failed {
-                precondition_failed = true;
+            if reply.status == StatusCode::PRECONDITION_FAILED && precondition_failed < 2 {
+                precondition_failed += 1;
+                tracing::debug!(bmc = %self.transport.bmc, attempt = precondition_failed, "412 on the boot override; reading the system again");
                 continue;
+            }
+            // A target the current mode does not list, refused with the mode
+            // switch: say what the BMC allows, not just that it refused.
+            if reply.status == StatusCode::BAD_REQUEST
+                && mode_changes
+                && let Some(allowed) = current.allowable_targets.as_ref().filter(|a| !contains(a, target))
+            {
+                let now = current.mode.as_deref().unwrap_or("unknown");
+                return Err(unsupported(format!(
+                    "boot override to {target} in {mode} mode (refused with 400; the BMC lists {} for its current mode, {now})",
+                    allowed.join(", ")
+                )));
             }
             self.transport.check(reply, &what)?;
             tracing::info!(bmc = %self.transport.bmc, target, mode, "boot override set");
@@ -460,7 +488,18 @@ pub(crate) fn reset_type(
     let choice = match action {
         PowerAction::On => ["On", "ForceOn"].into_iter().find(|t| offers(t)),
         PowerAction::ForceOff => offers("ForceOff").then_some("ForceOff"),
-        PowerAction::GracefulShutdown => offers("GracefulShutdown").then_some("GracefulShutdown"),
+        // Where the BMC does not list GracefulShutdown: some Supermicro
+        // firmware lists it run together with the next value
+        // ("GracefulShutdownGracefulRestart"), and it works; HPE offers
+        // PushPowerButton, the ACPI power button (sent only to a system
+        // that is on, see `power`).
+        PowerAction::GracefulShutdown if offers("GracefulShutdown") => Some("GracefulShutdown"),
+        PowerAction::GracefulShutdown
+            if allowed.is_some_and(|a| a.iter().any(|t| t.starts_with("GracefulShutdown"))) =>
+        {
+            Some("GracefulShutdown")
+        }
+        PowerAction::GracefulShutdown => offers("PushPowerButton").then_some("PushPowerButton"),
         PowerAction::ForceRestart => ["ForceRestart", "PowerCycle"].into_iter().find(|t| offers(t)),
         PowerAction::PowerCycle if offers("PowerCycle") => Some("PowerCycle"),
         // No PowerCycle: a system that is off is turned on, one that is on is

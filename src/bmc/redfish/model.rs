@@ -69,6 +69,18 @@ where
     })
 }
 
+/// A UUID, unless it is a placeholder: all zeros (some HPE firmware) or all
+/// ones say nothing about which machine this is.
+fn lenient_uuid<'de, D>(d: D) -> Result<Option<String>, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    Ok(lenient_string(d)?.filter(|u| {
+        let digits: Vec<char> = u.chars().filter(|c| *c != '-').collect();
+        !(digits.iter().all(|c| *c == '0') || digits.iter().all(|c| c.eq_ignore_ascii_case(&'f')))
+    }))
+}
+
 /// `{"@odata.id": "..."}`.
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(default)]
@@ -119,7 +131,7 @@ pub struct ComputerSystem {
     pub id: Option<String>,
     #[serde(deserialize_with = "lenient_string")]
     pub name: Option<String>,
-    #[serde(rename = "UUID", deserialize_with = "lenient_string")]
+    #[serde(rename = "UUID", deserialize_with = "lenient_uuid")]
     pub uuid: Option<String>,
     #[serde(deserialize_with = "lenient_string")]
     pub manufacturer: Option<String>,
@@ -382,6 +394,18 @@ impl ErrorBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_placeholder_uuid_is_no_uuid() {
+        for placeholder in ["00000000-0000-0000-0000-000000000000", "FFFFFFFF-FFFF-FFFF-FFFF-FFFFFFFFFFFF"] {
+            let system: ComputerSystem = serde_json::from_value(json!({ "UUID": placeholder })).unwrap();
+            assert_eq!(system.uuid, None, "{placeholder} names no machine");
+        }
+        let system: ComputerSystem =
+            serde_json::from_value(json!({ "UUID": "30373237-3132-584D-5132-30323030304E" })).unwrap();
+        assert_eq!(system.uuid.as_deref(), Some("30373237-3132-584D-5132-30323030304E"));
+    }
 
     #[test]
     fn a_system_with_odd_fields_still_parses() {

@@ -38,6 +38,10 @@ struct FakeState {
     etag: u64,
     /// Bump the ETag just before the next PATCH, as if someone else wrote.
     race_next_patch: bool,
+    /// How the BMC compares `If-Match` with its (weak) ETag.
+    if_match: IfMatch,
+    /// Refuse (400) a boot override target the system does not list.
+    validate_targets: bool,
     patches: Vec<(Option<String>, Value)>,
     boot: Value,
     /// Extra fields of the system resource, and other resources by path.
@@ -66,6 +70,8 @@ impl Default for FakeState {
             reset_allowed: None,
             etag: 1,
             race_next_patch: false,
+            if_match: IfMatch::Weak,
+            validate_targets: false,
             patches: Vec::new(),
             boot: json!({"BootSourceOverrideTarget": "Hdd", "BootSourceOverrideMode": "UEFI", "BootSourceOverrideEnabled": "Disabled"}),
             system_extra: json!({}),
@@ -75,6 +81,17 @@ impl Default for FakeState {
             max_in_flight: 0,
         }
     }
+}
+
+/// How a BMC checks `If-Match` against the weak ETag `W/"N"` it gives.
+#[derive(Clone, Copy, PartialEq)]
+enum IfMatch {
+    /// The opaque tags compared, weak or not (most BMCs).
+    Weak,
+    /// Strong comparison: a weak tag never matches, `"N"` does.
+    Strong,
+    /// Any `If-Match` fails; a PATCH without one is taken.
+    Broken,
 }
 
 type Shared = Arc<Mutex<FakeState>>;
@@ -236,8 +253,22 @@ fn route(s: &mut FakeState, method: &AxMethod, path: &str, headers: &AxHeaders, 
             let if_match = headers.get("If-Match").and_then(|v| v.to_str().ok()).map(str::to_string);
             let patch: Value = serde_json::from_slice(body).unwrap_or_default();
             s.patches.push((if_match.clone(), patch.clone()));
-            if if_match != Some(format!("W/\"{}\"", s.etag)) {
+            let current = format!("\"{}\"", s.etag);
+            let matches = match (s.if_match, if_match.as_deref()) {
+                (_, None) => true,
+                (IfMatch::Weak, Some(tag)) => tag.trim_start_matches("W/") == current,
+                (IfMatch::Strong, Some(tag)) => tag == current,
+                (IfMatch::Broken, Some(_)) => false,
+            };
+            if !matches {
                 return redfish_error(AxStatus::PRECONDITION_FAILED, "ETag mismatch");
+            }
+            let allowed = s.boot["BootSourceOverrideTarget@Redfish.AllowableValues"].as_array().cloned();
+            if s.validate_targets
+                && let (Some(allowed), Some(target)) = (allowed, patch["Boot"].get("BootSourceOverrideTarget"))
+                && !allowed.contains(target)
+            {
+                return redfish_error(AxStatus::BAD_REQUEST, "BootSourceOverrideTarget: value not allowed");
             }
             if let Some(boot) = patch["Boot"].as_object() {
                 for (k, v) in boot {
@@ -270,6 +301,8 @@ fn route(s: &mut FakeState, method: &AxMethod, path: &str, headers: &AxHeaders, 
         s.resets.push(kind.clone());
         let target = match kind.as_str() {
             "On" | "ForceOn" | "ForceRestart" | "PowerCycle" | "GracefulRestart" => "On",
+            // The button toggles.
+            "PushPowerButton" if s.power == "Off" => "On",
             _ => "Off",
         };
         // Like an iDRAC: powering on what is on is an error.
@@ -487,7 +520,7 @@ async fn patch_sends_if_match_and_retries_once_on_412() {
     fake.with(|s| {
         assert_eq!(s.patches.len(), 2, "one 412, one retry");
         assert_eq!(s.patches[0].0.as_deref(), Some("W/\"1\""));
-        assert_eq!(s.patches[1].0.as_deref(), Some("W/\"2\""), "the fresh ETag");
+        assert_eq!(s.patches[1].0.as_deref(), Some("\"2\""), "the fresh ETag, strong");
         assert_eq!(s.boot["BootSourceOverrideTarget"], "Pxe");
         assert_eq!(s.boot["BootSourceOverrideMode"], "Legacy");
         assert_eq!(s.boot["BootSourceOverrideEnabled"], "Once");
@@ -502,6 +535,54 @@ async fn patch_sends_if_match_and_retries_once_on_412() {
     let err =
         client.set_boot_override(BootOverride { device: BootDevice::Http, mode: BootMode::Legacy }).await.unwrap_err();
     assert_eq!(err.reason(), "Unsupported");
+    client.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_weak_etag_compared_strongly_is_sent_strong_then_not_at_all() {
+    // Gives W/"1" and compares If-Match strongly.
+    let fake = Fake::start(|s| s.if_match = IfMatch::Strong).await;
+    let client = fake.connect(PASSWORD).await.unwrap();
+    client.set_boot_override(BootOverride { device: BootDevice::Pxe, mode: BootMode::UEFI }).await.unwrap();
+    fake.with(|s| {
+        let sent: Vec<Option<&str>> = s.patches.iter().map(|p| p.0.as_deref()).collect();
+        assert_eq!(sent, [Some("W/\"1\""), Some("\"1\"")]);
+        assert_eq!(s.boot["BootSourceOverrideTarget"], "Pxe");
+    });
+    // Refuses any If-Match: the third try goes without.
+    fake.with(|s| {
+        s.if_match = IfMatch::Broken;
+        s.patches.clear();
+    });
+    client.set_boot_override(BootOverride { device: BootDevice::Disk, mode: BootMode::UEFI }).await.unwrap();
+    fake.with(|s| {
+        let sent: Vec<Option<&str>> = s.patches.iter().map(|p| p.0.as_deref()).collect();
+        assert_eq!(sent, [Some("W/\"2\""), Some("\"2\""), None]);
+        assert_eq!(s.boot["BootSourceOverrideTarget"], "Hdd");
+    });
+    client.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_target_refused_with_a_mode_switch_names_what_the_bmc_allows() {
+    let fake = Fake::start(|s| {
+        s.validate_targets = true;
+        s.boot["BootSourceOverrideMode"] = json!("Legacy");
+        s.boot["BootSourceOverrideTarget@Redfish.AllowableValues"] = json!(["None", "Pxe", "Cd", "Hdd", "BiosSetup"]);
+    })
+    .await;
+    let client = fake.connect(PASSWORD).await.unwrap();
+    let err =
+        client.set_boot_override(BootOverride { device: BootDevice::Http, mode: BootMode::UEFI }).await.unwrap_err();
+    assert_eq!(err.reason(), "Unsupported", "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("UefiHttp") && text.contains("None, Pxe, Cd, Hdd, BiosSetup") && text.contains("Legacy"),
+        "{text}"
+    );
+    // A listed target with the same switch goes through.
+    client.set_boot_override(BootOverride { device: BootDevice::Pxe, mode: BootMode::UEFI }).await.unwrap();
+    fake.with(|s| assert_eq!(s.boot["BootSourceOverrideMode"], "UEFI"));
     client.close().await.unwrap();
 }
 
@@ -541,6 +622,20 @@ async fn power_actions_map_to_what_the_bmc_offers() {
     client.close().await.unwrap();
 }
 
+#[tokio::test]
+async fn graceful_shutdown_falls_back_to_what_the_bmc_offers() {
+    // HPE: no GracefulShutdown, but the power button.
+    let fake = Fake::start(|s| s.reset_allowed = Some(vec!["On", "ForceOff", "ForceRestart", "PushPowerButton"])).await;
+    let client = fake.connect(PASSWORD).await.unwrap();
+    // Off already: the button is not pressed (it would turn it on).
+    client.power(PowerAction::GracefulShutdown).await.unwrap();
+    fake.with(|s| assert!(s.resets.is_empty(), "{:?}", s.resets));
+    fake.with(|s| s.power = "On".into());
+    client.power(PowerAction::GracefulShutdown).await.unwrap();
+    fake.with(|s| assert_eq!(s.resets, ["PushPowerButton"]));
+    client.close().await.unwrap();
+}
+
 #[test]
 fn reset_types() {
     let all: Vec<String> =
@@ -555,6 +650,11 @@ fn reset_types() {
     assert!(reset_type(PowerAction::PowerCycle, Some(&few), Some(PowerState::On)).is_err());
     let restart: Vec<String> = ["PowerCycle"].map(String::from).to_vec();
     assert_eq!(reset_type(PowerAction::ForceRestart, Some(&restart), None), Ok("PowerCycle"));
+    // Some Supermicro firmware runs two values together; GracefulShutdown works.
+    let supermicro: Vec<String> = ["On", "ForceOff", "GracefulShutdownGracefulRestart"].map(String::from).to_vec();
+    assert_eq!(reset_type(PowerAction::GracefulShutdown, Some(&supermicro), None), Ok("GracefulShutdown"));
+    let hpe: Vec<String> = ["On", "ForceOff", "PushPowerButton"].map(String::from).to_vec();
+    assert_eq!(reset_type(PowerAction::GracefulShutdown, Some(&hpe), None), Ok("PushPowerButton"));
 }
 
 #[test]
