@@ -738,11 +738,33 @@ async fn the_sample_masters_serve_kubernetes_through_one_dns_name_that_follows_t
     let names: Vec<&str> = three.iter().map(String::as_str).collect();
     dig_until(&bind, &["k8s.lab.test", "A"], set(&names)).await;
 
-    // A master's machine loses power: its agent, its etcd member and its
-    // kube-apiserver stop at once. Its heartbeat lapses and it leaves the
+    // A master's node is turned off (spec.online false): an installed
+    // system is asked to shut down first (Redfish GracefulShutdown, which
+    // sushy-tools honours). A machine made of files does not stop its
+    // processes by itself, so its agent, etcd member and kube-apiserver are
+    // killed as the shutdown would. Its heartbeat lapses and it leaves the
     // pool; the name still answers (etcd keeps a quorum with two of three).
     let lost = done.iter().filter(|b| b.spec.role == "kube-apiserver").max_by_key(|b| b.spec.node.clone()).unwrap();
     let lost_address = master_addresses(std::slice::from_ref(lost)).remove(0);
+    let nodes: Api<girder::api::BareMetalNode> = Api::namespaced(farm.client.clone(), &ns);
+    let off = json!({"spec": {"online": false}});
+    nodes.patch(&lost.spec.node, &PatchParams::default(), &Patch::Merge(off)).await.unwrap();
+    node_where(&farm.client, &ns, &lost.spec.node, "powered off", |n| {
+        n.status.as_ref().and_then(|s| s.power_state.as_deref()) == Some("Off")
+    })
+    .await;
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(farm.client.clone(), &ns);
+    let notes: Vec<String> = events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(lost.spec.node.as_str()))
+        .filter_map(|e| e.note)
+        .collect();
+    assert!(notes.iter().any(|n| n.contains("GracefulShutdown")), "{notes:?}");
+    assert!(!notes.iter().any(|n| n.contains("ForceOff")), "{notes:?}");
     let i = farm.names.iter().position(|n| *n == lost.spec.node).unwrap();
     farm.kill_agent(i);
     let daemons = format!("{data}/(kube|etcd)/{}/bin/", lost.spec.node);

@@ -80,6 +80,13 @@ pub struct BareMetalNodeSpec {
     /// Stops all automation on this node (no BMC calls, no tasks) without losing state.
     #[serde(default)]
     pub maintenance: bool,
+    /// How `online: false` turns the machine off: `Soft` (the default) asks
+    /// the operating system to shut down (Redfish GracefulShutdown, or the
+    /// power button where that is all the BMC offers; IPMI soft off) and
+    /// forces power off if it is still on after the operator's
+    /// --soft-power-off-timeout; `Hard` forces it off at once.
+    #[serde(default)]
+    pub power_off_mode: PowerOffMode,
     /// Which disk to install to, when the node has more than one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub root_device_hints: Option<RootDeviceHints>,
@@ -88,6 +95,16 @@ pub struct BareMetalNodeSpec {
     /// disk, the default), `Full` (every byte of every disk) or `Disabled`.
     #[serde(default)]
     pub cleaning: CleaningMode,
+}
+
+/// How a machine is turned off.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum PowerOffMode {
+    /// Ask the operating system to shut down, then force it after a timeout.
+    #[default]
+    Soft,
+    /// Force power off at once.
+    Hard,
 }
 
 /// How much of the disks deprovisioning wipes.
@@ -273,6 +290,11 @@ pub struct BareMetalNodeStatus {
     /// Power state last read from the BMC: On, Off, PoweringOn, PoweringOff or Unknown.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub power_state: Option<String>,
+    /// When the operating system was asked to shut down (spec.powerOffMode
+    /// Soft); power is forced off if it is still on after the operator's
+    /// --soft-power-off-timeout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub soft_power_off_since: Option<Time>,
     /// Hardware inventory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hardware: Option<HardwareDetails>,

@@ -71,6 +71,10 @@ pub struct OperatorArgs {
     /// stays silent longer is lost and done again.
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(10..=3600))]
     agent_lease_duration: u64,
+    /// How long an installed system may take to shut down when asked
+    /// (spec.powerOffMode Soft), in seconds, before power is forced off.
+    #[arg(long, default_value_t = 180, value_parser = clap::value_parser!(u64).range(1..))]
+    soft_power_off_timeout: u64,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -191,6 +195,7 @@ async fn lead(
             agent_boot_timeout: Duration::from_secs(args.agent_boot_timeout),
             installed_agent_timeout: Duration::from_secs(args.installed_agent_timeout),
             agent_poll_interval: Duration::from_secs(args.agent_lease_duration.clamp(2, 20) / 2),
+            soft_power_off_timeout: Duration::from_secs(args.soft_power_off_timeout),
         },
         bmc_timeout: Duration::from_secs(args.bmc_timeout),
         max_concurrent_reconciles: args.max_concurrent_node_reconciles,

@@ -28,7 +28,7 @@
 use crate::api::condition::{self, Condition};
 use crate::api::node::{
     BareMetalNodeSpec, BareMetalNodeStatus, CleaningMode, HardwareDetails, InspectionMode, NodePhase, OperationHistory,
-    OperationWindow,
+    OperationWindow, PowerOffMode,
 };
 use crate::api::provisioning::{AgentRun, BootSource, ProvisioningState, RunAction, RunReport, RunState, StepTiming};
 use crate::bmc::{PowerAction, PowerState, SystemIdentity};
@@ -48,6 +48,9 @@ pub struct Settings {
     pub installed_agent_timeout: Duration,
     /// While waiting for an agent, how often to look again.
     pub agent_poll_interval: Duration,
+    /// How long an installed system may take to shut down when asked,
+    /// before power is forced off (spec.powerOffMode Soft).
+    pub soft_power_off_timeout: Duration,
 }
 
 impl Default for Settings {
@@ -57,6 +60,7 @@ impl Default for Settings {
             agent_boot_timeout: Duration::from_secs(20 * 60),
             installed_agent_timeout: Duration::from_secs(20 * 60),
             agent_poll_interval: Duration::from_secs(10),
+            soft_power_off_timeout: Duration::from_secs(180),
         }
     }
 }
@@ -659,6 +663,33 @@ pub fn power_action(online: bool, actual: PowerState) -> Option<PowerAction> {
     }
 }
 
+/// Whether turning `status`'s node off asks its operating system first: an
+/// installed system shuts down cleanly; girder's ramdisk, or a machine with
+/// nothing installed, has nothing to lose.
+fn soft_off(node: &Node, status: &BareMetalNodeStatus) -> bool {
+    node.spec.power_off_mode == PowerOffMode::Soft && status.phase == Some(NodePhase::Provisioned)
+}
+
+/// The power action to send for `action` (pure): a forced power-off is
+/// first a request to shut down where `soft`, and forced once that has had
+/// `timeout` since `since`; `None` while it still may.
+pub fn power_off_step(
+    action: PowerAction,
+    soft: bool,
+    since: Option<jiff::Timestamp>,
+    now: jiff::Timestamp,
+    timeout: Duration,
+) -> Option<PowerAction> {
+    if action != PowerAction::ForceOff || !soft {
+        return Some(action);
+    }
+    match since {
+        None => Some(PowerAction::GracefulShutdown),
+        Some(since) if now.duration_since(since).as_secs_f64() >= timeout.as_secs_f64() => Some(PowerAction::ForceOff),
+        Some(_) => None,
+    }
+}
+
 /// Conditions once the BMC answered with `power` (pure).
 pub fn reachable_conditions(online: bool, power: PowerState, generation: Option<i64>) -> Vec<Condition> {
     let matches = power_action(online, power).is_none() && matches!(power, PowerState::On | PowerState::Off);
@@ -697,14 +728,37 @@ fn power(node: &Node, mut d: Decision, facts: &Facts, settings: &Settings) -> De
         return d;
     };
     let mut shown = actual;
+    let mut shutting_down = None;
     if let Some(action) = facts.power_requested {
         shown = if action.target_state() == PowerState::On { PowerState::PoweringOn } else { PowerState::PoweringOff };
     } else if let Some(action) = power_action(node.spec.online, actual) {
-        d.io = Some(Io::Power(action));
-        return d;
+        let since = d.status.soft_power_off_since.as_ref().map(|t| t.0);
+        match power_off_step(action, soft_off(node, &d.status), since, facts.now, settings.soft_power_off_timeout) {
+            Some(action) => {
+                if action == PowerAction::GracefulShutdown {
+                    d.status.soft_power_off_since = Some(Time(facts.now));
+                }
+                d.io = Some(Io::Power(action));
+                return d;
+            }
+            None => {
+                shown = PowerState::PoweringOff;
+                shutting_down = since;
+            }
+        }
+    }
+    if node.spec.online || actual == PowerState::Off {
+        d.status.soft_power_off_since = None;
     }
     d.status.power_state = Some(shown.as_str().to_string());
     merge(&mut d, reachable_conditions(node.spec.online, shown, generation));
+    if let Some(since) = shutting_down {
+        let forced = settings.soft_power_off_timeout.as_secs();
+        let message = format!(
+            "asked the operating system to shut down at {since} (spec.powerOffMode Soft); power is forced off if it is still on {forced} s after"
+        );
+        merge(&mut d, vec![Condition::new("Ready", false, "ShuttingDown", message, generation)]);
+    }
     let changing = matches!(shown, PowerState::PoweringOn | PowerState::PoweringOff);
     d.requeue = Requeue::After(if changing { Duration::from_secs(5) } else { settings.power_poll_interval });
     d

@@ -3,12 +3,14 @@
 
 use super::*;
 use crate::api::ConditionStatus;
-use crate::api::node::{BmcSpec, ImageSpec, RootDeviceHints, SecretReference};
+use crate::api::node::{BmcSpec, ImageSpec, PowerOffMode, RootDeviceHints, SecretReference};
 use crate::api::provisioning::AgentStatus;
 
 /// The machine, its BMC and its agent, as the tests play them.
 struct World {
     power: PowerState,
+    /// The installed system does not shut down when asked.
+    ignores_shutdown: bool,
     /// Every I/O asked for, in order.
     log: Vec<Io>,
     sessions: u32,
@@ -18,7 +20,14 @@ struct World {
 
 impl World {
     fn new() -> Self {
-        World { power: PowerState::Off, log: Vec::new(), sessions: 0, now: 1_000_000, liveness: Liveness::Absent }
+        World {
+            power: PowerState::Off,
+            ignores_shutdown: false,
+            log: Vec::new(),
+            sessions: 0,
+            now: 1_000_000,
+            liveness: Liveness::Absent,
+        }
     }
 
     fn facts(&mut self) -> Facts {
@@ -51,7 +60,9 @@ impl World {
                 }
                 Io::ReadPower => facts.power = Some(self.power),
                 Io::Power(action) => {
-                    self.power = action.target_state();
+                    if !(action == PowerAction::GracefulShutdown && self.ignores_shutdown) {
+                        self.power = action.target_state();
+                    }
                     facts.power_requested = Some(action);
                 }
                 Io::BootRamdisk => {
@@ -88,6 +99,7 @@ fn settings() -> Settings {
         agent_boot_timeout: Duration::from_secs(600),
         installed_agent_timeout: Duration::from_secs(900),
         agent_poll_interval: Duration::from_secs(10),
+        soft_power_off_timeout: Duration::from_secs(180),
     }
 }
 
@@ -605,6 +617,67 @@ fn an_image_without_a_bmc_says_a_bmc_is_needed() {
     world.reconcile(&Node { discovered: true, ..node(&spec) }, &mut status);
     assert_eq!(status.phase, Some(NodePhase::Discovered));
     assert_eq!(cond(&status, "Provisioned"), (ConditionStatus::False, "NoBMC".into()));
+}
+
+#[test]
+fn an_installed_system_is_asked_to_shut_down_and_forced_off_after_the_timeout() {
+    let mut world = World::new();
+    let mut spec = BareMetalNodeSpec { image: Some(image(&"a".repeat(64))), online: true, ..spec() };
+    let mut status = provisioned(&mut world, &spec);
+    assert_eq!(world.power, PowerState::On);
+    world.ignores_shutdown = true;
+    spec.online = false;
+    world.log.clear();
+    world.reconcile(&node(&spec), &mut status);
+    assert_eq!(world.log, [Io::ReadPower, Io::Power(PowerAction::GracefulShutdown)]);
+    assert!(status.soft_power_off_since.is_some());
+    // Still on a minute later: waiting, and saying so.
+    world.later(60);
+    world.log.clear();
+    world.reconcile(&node(&spec), &mut status);
+    assert_eq!(world.log, [Io::ReadPower]);
+    assert_eq!(cond(&status, "Ready"), (ConditionStatus::False, "ShuttingDown".into()));
+    assert_eq!(status.power_state.as_deref(), Some("PoweringOff"));
+    // The timeout: forced.
+    world.later(121);
+    world.log.clear();
+    world.reconcile(&node(&spec), &mut status);
+    assert_eq!(world.log, [Io::ReadPower, Io::Power(PowerAction::ForceOff)]);
+    world.later(5);
+    world.reconcile(&node(&spec), &mut status);
+    assert_eq!(status.soft_power_off_since, None, "off: nothing pending");
+    assert_eq!(cond(&status, "Ready").1, "AsDesired");
+
+    // A system that does shut down is off without being forced.
+    world.ignores_shutdown = false;
+    spec.online = true;
+    world.reconcile(&node(&spec), &mut status);
+    spec.online = false;
+    world.log.clear();
+    world.reconcile(&node(&spec), &mut status);
+    assert_eq!(world.log, [Io::ReadPower, Io::Power(PowerAction::GracefulShutdown)]);
+    assert_eq!(world.count(Io::Power(PowerAction::ForceOff)), 0);
+
+    // Hard: forced at once.
+    spec.online = true;
+    world.reconcile(&node(&spec), &mut status);
+    spec.power_off_mode = PowerOffMode::Hard;
+    spec.online = false;
+    world.log.clear();
+    world.reconcile(&node(&spec), &mut status);
+    assert_eq!(world.log, [Io::ReadPower, Io::Power(PowerAction::ForceOff)]);
+}
+
+#[test]
+fn power_off_steps() {
+    let t0 = jiff::Timestamp::from_second(1_000).unwrap();
+    let later = |s: i64| jiff::Timestamp::from_second(1_000 + s).unwrap();
+    let timeout = Duration::from_secs(180);
+    assert_eq!(power_off_step(PowerAction::On, true, None, t0, timeout), Some(PowerAction::On));
+    assert_eq!(power_off_step(PowerAction::ForceOff, false, None, t0, timeout), Some(PowerAction::ForceOff));
+    assert_eq!(power_off_step(PowerAction::ForceOff, true, None, t0, timeout), Some(PowerAction::GracefulShutdown));
+    assert_eq!(power_off_step(PowerAction::ForceOff, true, Some(t0), later(179), timeout), None);
+    assert_eq!(power_off_step(PowerAction::ForceOff, true, Some(t0), later(180), timeout), Some(PowerAction::ForceOff));
 }
 
 #[test]

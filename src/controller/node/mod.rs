@@ -137,6 +137,7 @@ pub fn owned(status: &BareMetalNodeStatus) -> BareMetalNodeStatus {
         conditions,
         observed_generation: status.observed_generation,
         power_state: status.power_state.clone(),
+        soft_power_off_since: status.soft_power_off_since.clone(),
         hardware: status.hardware.clone(),
         error: status.error.clone(),
         operation_history: status.operation_history.clone(),
@@ -405,7 +406,16 @@ impl Executor<'_> {
             Io::Power(action) => {
                 let bmc = self.bmc(address, "PowerManagementError").await?;
                 metrics.bmc_call("power");
-                bmc.power(action).await.map_err(bmc_error("PowerManagementError"))?;
+                let action = match bmc.power(action).await {
+                    // Nothing to ask the system to shut down with: forced.
+                    Err(BmcError::Unsupported { what, .. }) if action == PowerAction::GracefulShutdown => {
+                        tracing::info!(%what, "the BMC cannot ask the system to shut down; forcing power off");
+                        metrics.bmc_call("power");
+                        bmc.power(PowerAction::ForceOff).await.map_err(bmc_error("PowerManagementError"))?;
+                        PowerAction::ForceOff
+                    }
+                    result => result.map(|()| action).map_err(bmc_error("PowerManagementError"))?,
+                };
                 facts.power_requested = Some(action);
                 let reason = if action == PowerAction::On { "PowerOn" } else { "PowerOff" };
                 let note = format!(
