@@ -773,4 +773,27 @@ async fn the_sample_masters_serve_kubernetes_through_one_dns_name_that_follows_t
     dig_until(&bind, &["k8s.lab.test", "A"], set(&left)).await;
     let (ok, out) = through_name(&["get", "--raw", "/readyz"]);
     assert!(ok && out.trim() == "ok", "{out}");
+
+    // It comes back: powered on, its installed agent starts again. A new
+    // agent runs the node's roles again (the others' stay as they are):
+    // its etcd member and kube-apiserver start, and it is back in the pool.
+    let runs_before = |list: &[NodeRole]| -> Vec<(String, i32)> {
+        list.iter().map(|b| (b.name_any(), b.status.as_ref().and_then(|s| s.runs).unwrap_or(0))).collect()
+    };
+    let before = runs_before(&bindings(&farm.client, &ns, "k8s").await);
+    let on = json!({"spec": {"online": true}});
+    nodes.patch(&lost.spec.node, &PatchParams::default(), &Patch::Merge(on)).await.unwrap();
+    farm.agents[i] = Some(farm.start_agent(i));
+    dig_until(&bind, &["k8s.lab.test", "A"], set(&names)).await;
+    let done = masters_settled(&farm, 3).await;
+    let server = format!("https://{lost_address}:6443");
+    let (ok, out) = through_name(&["--server", &server, "get", "--raw", "/readyz"]);
+    assert!(ok && out.trim() == "ok", "{server}: {out}");
+    for ((name, was), (_, now)) in before.iter().zip(runs_before(&done)) {
+        if name.ends_with(&format!(".{}", lost.spec.node)) {
+            assert_eq!(now, was + 1, "{name} ran again on the node that came back");
+        } else {
+            assert_eq!(now, *was, "{name} did not run again");
+        }
+    }
 }

@@ -163,6 +163,9 @@ pub struct Agent {
     reported: tokio::sync::Mutex<AgentStatus>,
     /// Fired when the session is over (revoked, or another opened).
     pub over: CancellationToken,
+    /// When this agent started, as its node's `status.agent.connected`
+    /// says: each role report carries it.
+    pub since: String,
 }
 
 impl Agent {
@@ -233,12 +236,16 @@ async fn run(args: AgentArgs) -> Result<(), AgentError> {
     let client = link::client(&credentials, &args.state_dir)?;
     let root = inventory::SystemRoot::new(args.root.clone());
     let nodes: Api<BareMetalNode> = Api::namespaced(client.clone(), &credentials.namespace);
+    // Whole seconds: what the API server keeps of a Time, so the operator
+    // reads back the same instant the role reports carry.
+    let started = Time(jiff::Timestamp::from_second(jiff::Timestamp::now().as_second()).unwrap_or_default());
+    let since = started.0.to_string();
     let agent = Arc::new(Agent {
         reported: tokio::sync::Mutex::new(AgentStatus {
             session: credentials.session.clone(),
             boot_source: Some(params.boot_source()),
             version: Some(env!("CARGO_PKG_VERSION").to_string()),
-            connected: Some(Time(jiff::Timestamp::now())),
+            connected: Some(started),
             inventory: Some(inventory::collect(&root)),
             run: None,
         }),
@@ -249,6 +256,7 @@ async fn run(args: AgentArgs) -> Result<(), AgentError> {
         state_dir: args.state_dir.clone(),
         nodes,
         over: CancellationToken::new(),
+        since,
     });
     tracing::info!(boot_source = ?agent.boot_source, "connected; reporting the inventory");
     // The first heartbeat and report tell at once whether the session is alive.

@@ -106,11 +106,11 @@ async fn take_up(
     let earlier = binding.status.as_ref().and_then(|s| s.report.as_ref()).filter(|r| r.id == run.id);
     match journal.get(&run.id) {
         Some(Entry::Done { report }) => return send(agent, api, &name, &report).await,
-        Some(Entry::Started) => return send(agent, api, &name, &interrupted(run)).await,
+        Some(Entry::Started) => return send(agent, api, &name, &interrupted(agent, run)).await,
         None if earlier.is_some() => {
             // Reported as started, and this machine has no memory of it:
             // the agent (or the machine) restarted in the middle.
-            return send(agent, api, &name, &interrupted(run)).await;
+            return send(agent, api, &name, &interrupted(agent, run)).await;
         }
         None => {}
     }
@@ -129,6 +129,7 @@ async fn take_up(
         milliseconds: None,
         outputs: None,
         secret_outputs: None,
+        agent: Some(agent.since.clone()),
     };
     send(agent, api, &name, &report).await?;
     let dir = agent.state_dir.join("roles").join(&name);
@@ -194,7 +195,7 @@ async fn take_up(
     send(agent, api, &name, &report).await
 }
 
-fn interrupted(run: &RoleRun) -> RoleReport {
+fn interrupted(agent: &Agent, run: &RoleRun) -> RoleReport {
     RoleReport {
         id: run.id.clone(),
         state: RoleRunState::Failed,
@@ -207,6 +208,7 @@ fn interrupted(run: &RoleRun) -> RoleReport {
         milliseconds: None,
         outputs: None,
         secret_outputs: None,
+        agent: Some(agent.since.clone()),
     }
 }
 

@@ -91,6 +91,11 @@ pub struct NodeRoleStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "super::role::free_form_object")]
     pub outputs: Option<serde_json::Value>,
+    /// The agent that made it Active: when that agent started (the node's
+    /// `status.agent.connected`). A node whose agent started again since (a
+    /// reboot, a power loss) runs it again, unless it is destructive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_agent: Option<String>,
     /// Where the sensitive outputs of that run are (a Secret; never the
     /// values themselves).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -163,6 +168,9 @@ pub struct RoleReport {
     /// Where the sensitive outputs went (on success, when the task declared any).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_outputs: Option<SecretOutputs>,
+    /// The agent that ran it: when that agent started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
 }
 
 /// A binding's sensitive outputs: which Secret holds them, at which

@@ -33,6 +33,8 @@ pub struct NodeFacts {
     pub provisioned: bool,
     /// Its agent sends heartbeats: may run tasks.
     pub connected: bool,
+    /// When its agent started (`status.agent.connected`).
+    pub agent: Option<String>,
     /// Addresses per Network, without prefix length (IPv4 first).
     pub addresses: BTreeMap<String, Vec<String>>,
 }
@@ -125,8 +127,10 @@ pub fn decide(world: &World<'_>) -> Outcome {
             Ok((v, hash))
         });
         let status = p.existing.and_then(|b| b.status.as_ref());
-        let connected = nodes.get(p.node).is_some_and(|n| n.connected);
-        states.push(fold(status, spec.task.as_ref(), input.as_ref().ok().map(|(_, h)| h.as_str()), connected));
+        let node = nodes.get(p.node);
+        let connected = node.is_some_and(|n| n.connected);
+        let agent = node.and_then(|n| n.agent.as_deref()).filter(|_| connected);
+        states.push(fold(status, spec.task.as_ref(), input.as_ref().ok().map(|(_, h)| h.as_str()), connected, agent));
         inputs.push(input);
     }
 
@@ -199,6 +203,7 @@ pub fn decide(world: &World<'_>) -> Outcome {
             // The run that just succeeded: its outputs and the inputs it had.
             (status.outputs, status.secret_outputs) = current_outputs(&old);
             status.applied_inputs_hash = old.run.as_ref().map(|r| r.inputs_hash.clone());
+            status.applied_agent = old.report.as_ref().and_then(|r| r.agent.clone());
         }
         if state == BindingState::Error {
             outcome.errors.push((p.name.clone(), message.clone()));
@@ -255,6 +260,7 @@ fn fold(
     task: Option<&Task>,
     inputs_hash: Option<&str>,
     connected: bool,
+    agent: Option<&str>,
 ) -> (BindingState, String) {
     let Some(status) = status else { return (BindingState::Proposed, "placed".into()) };
     let destructive = task.is_some_and(|t| t.destructive);
@@ -309,9 +315,18 @@ fn fold(
         BindingState::Active => {
             let applied = status.applied_inputs_hash.as_deref();
             let changed = inputs_hash.is_some() && applied.is_some() && applied != inputs_hash;
-            match (changed || task_changed, destructive) {
+            // A node whose agent started again (a reboot, a power loss) may
+            // have lost what the task set up: daemons, mounts.
+            let restarted = started_since(agent, status.applied_agent.as_deref());
+            match (changed || task_changed || restarted, destructive) {
                 (true, false) => {
-                    let what = if task_changed { "its task changed" } else { "its inputs changed" };
+                    let what = if task_changed {
+                        "its task changed".to_string()
+                    } else if changed {
+                        "its inputs changed".to_string()
+                    } else {
+                        format!("the node's agent started again (at {}) since it ran", agent.unwrap_or_default())
+                    };
                     (BindingState::Proposed, format!("{what}; running it again"))
                 }
                 (true, true) => (
@@ -331,6 +346,15 @@ fn fold(
         }
         other => (other, status.message.clone().unwrap_or_default()),
     }
+}
+
+/// Whether the node's agent (`agent`: when it started) started after the
+/// one that applied a binding (`applied`), to the second (what the API
+/// server keeps of a time). Anything unreadable is no restart: a re-run is
+/// never asked on a difference that running cannot settle.
+fn started_since(agent: Option<&str>, applied: Option<&str>) -> bool {
+    let second = |t: Option<&str>| t?.parse::<jiff::Timestamp>().ok().map(|t| t.as_second());
+    matches!((second(agent), second(applied)), (Some(now), Some(then)) if now > then)
 }
 
 /// Which nodes hold which role: existing bindings first (stable), then new

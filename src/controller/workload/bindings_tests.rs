@@ -111,6 +111,7 @@ impl Lab {
 
     /// The agent on `node` reports the current run of `role`.
     fn report(&mut self, role: &str, node: &str, state: RoleRunState, reason: Option<&str>, outputs: Value) {
+        let lab_agent = self.nodes.iter().find(|n| n.name == node).and_then(|n| n.agent.clone());
         let b = self.bindings.iter_mut().find(|b| b.spec.role == role && b.spec.node == node).unwrap();
         let status = b.status.as_mut().unwrap();
         let id = status.run.as_ref().expect("a run was asked").id.clone();
@@ -126,6 +127,7 @@ impl Lab {
             milliseconds: Some(1500),
             outputs: Some(outputs),
             secret_outputs: None,
+            agent: lab_agent,
         });
     }
 
@@ -163,6 +165,7 @@ fn node(name: &str, provisioned: bool, connected: bool) -> NodeFacts {
         selected: true,
         provisioned,
         connected,
+        agent: Some("2026-01-01T00:00:00Z".into()),
         addresses: BTreeMap::from([("admin".to_string(), vec![format!("10.0.0.{}", 10 + last)])]),
     }
 }
@@ -366,6 +369,38 @@ fn a_lost_or_interrupted_run_runs_again_unless_destructive() {
 }
 
 #[test]
+fn a_node_whose_agent_started_again_runs_its_roles_again_unless_destructive() {
+    let mut lab = Lab::new(2);
+    lab.workload.spec.roles = vec![wr("etcd", Some(2))];
+    let mut outcome = lab.pass();
+    while !outcome.converged {
+        lab.succeed_running();
+        outcome = lab.pass();
+    }
+    let first = lab.run_id("etcd", "n1");
+    // n1 lost power and came back: a new agent.
+    lab.nodes[1].agent = Some("2026-01-01T01:00:00Z".into());
+    lab.pass();
+    let (state, message) = lab.state("etcd", "n1");
+    assert_eq!(state, BindingState::Running, "{message}");
+    assert_ne!(lab.run_id("etcd", "n1"), first);
+    assert_eq!(lab.state("etcd", "n0").0, BindingState::Active, "n0's agent did not restart");
+    lab.succeed_running();
+    lab.pass();
+    // Run by the new agent: settled, nothing more.
+    assert!(lab.pass().converged);
+    assert_eq!(lab.state("etcd", "n1").0, BindingState::Active);
+    assert_eq!(lab.get("etcd", "n1").status.as_ref().unwrap().applied_agent.as_deref(), Some("2026-01-01T01:00:00Z"));
+
+    // Destructive: not again.
+    lab.roles.get_mut("etcd").unwrap().task.as_mut().unwrap().destructive = true;
+    lab.nodes[0].agent = Some("2026-01-01T02:00:00Z".into());
+    lab.pass();
+    let (state, message) = lab.state("etcd", "n0");
+    assert_eq!(state, BindingState::Active, "{message}");
+}
+
+#[test]
 fn a_node_that_is_down_leaves_the_pool_and_comes_back_with_its_agent() {
     let mut lab = Lab::new(3);
     lab.workload.spec.roles = vec![wr("etcd", Some(3))];
@@ -457,4 +492,17 @@ fn digests_ignore_key_order_and_merge_is_deep() {
     let mut base = json!({ "a": { "b": 1, "c": 2 }, "d": [1] });
     merge(&mut base, &json!({ "a": { "c": 3 }, "d": [2] }));
     assert_eq!(base, json!({ "a": { "b": 1, "c": 3 }, "d": [2] }));
+}
+
+#[test]
+fn an_agent_restart_is_a_later_second_and_nothing_else() {
+    let at = |t: &str| Some(t.to_string());
+    assert!(started_since(at("2026-01-01T00:00:01Z").as_deref(), at("2026-01-01T00:00:00Z").as_deref()));
+    assert!(!started_since(at("2026-01-01T00:00:00Z").as_deref(), at("2026-01-01T00:00:00Z").as_deref()));
+    // The same start, at two precisions: no restart (never a re-run that
+    // running again cannot settle).
+    assert!(!started_since(at("2026-01-01T00:00:00Z").as_deref(), at("2026-01-01T00:00:00.734Z").as_deref()));
+    assert!(!started_since(at("not a time").as_deref(), at("2026-01-01T00:00:00Z").as_deref()));
+    assert!(!started_since(None, at("2026-01-01T00:00:00Z").as_deref()));
+    assert!(!started_since(at("2026-01-01T00:00:01Z").as_deref(), None));
 }

@@ -208,6 +208,7 @@ pub fn node_facts(node: &BareMetalNode, selector: Option<&Selector>) -> NodeFact
         selected: selector.is_none_or(|s| s.matches(node.labels())),
         provisioned: status.and_then(|s| s.phase) == Some(NodePhase::Provisioned),
         connected,
+        agent: status.and_then(|s| s.agent.as_ref()?.connected.as_ref()).map(|t| t.0.to_string()),
         addresses,
     }
 }
