@@ -348,3 +348,58 @@ async fn concurrent_callers_share_one_session_one_request_at_a_time() {
     assert_eq!(sim.active_sessions(), 2, "one session for all of them");
     client.close().await.unwrap();
 }
+
+#[tokio::test]
+async fn girder_bmc_probe_reads_the_simulator_as_ipmitool_does_with_a_nodes_credentials_secret() {
+    let sim = Sim::start(SimConfig {
+        guid: Some("4c4c4544003252108030b4c04f4e4e32"),
+        fru: Some(fru_image()),
+        chassis_control: None,
+    })
+    .await;
+    // The credentials as a BareMetalNode names them: a Secret, read through
+    // the kubeconfig.
+    let client = support::client().await;
+    let ns = support::TestNamespace::new(&client, "probe").await;
+    let secrets: kube::Api<k8s_openapi::api::core::v1::Secret> = kube::Api::namespaced(client.clone(), &ns.name);
+    let secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "bmc"}, "stringData": {"username": USER, "password": PASSWORD}
+    }))
+    .unwrap();
+    secrets.create(&Default::default(), &secret).await.unwrap();
+    let address = sim.address().to_string();
+    let args = ["bmc", "probe", &address, "--credentials-secret", "bmc", "-n", &ns.name];
+    let (ok, report, err) = support::girder_cli(&args, "");
+    assert!(ok, "{report}\n{err}\n{}", sim.log());
+    assert!(!report.contains(PASSWORD) && !err.contains(PASSWORD), "the password shows:\n{report}\n{err}");
+    let seen = report.split("What girder sees:\n").nth(1).unwrap_or_else(|| panic!("{report}"));
+    let fact = |what: &str| -> String {
+        let prefix = format!("  {what} ");
+        let line = seen.lines().find(|l| l.starts_with(&prefix)).unwrap_or_else(|| panic!("{what}: {report}"));
+        line[prefix.len()..].trim().to_string()
+    };
+    let info = sim.ipmitool(&["mc", "info"]);
+    let bmc = fact("BMC");
+    assert!(
+        bmc.starts_with(&format!(
+            "IPMI {}, firmware {}",
+            field(&info, "IPMI Version"),
+            field(&info, "Firmware Revision")
+        )),
+        "{bmc}\n{info}"
+    );
+    assert!(bmc.contains(&format!("(IANA {})", field(&info, "Manufacturer ID"))), "{bmc}\n{info}");
+    assert_eq!(fact("system GUID"), field(&sim.ipmitool(&["mc", "guid"]), "System GUID"));
+    assert_eq!(fact("power"), sim.ipmitool_power().as_str());
+    assert!(fact("session").starts_with("RMCP+ cipher suite 3"), "{report}");
+    let identity = report.lines().find(|l| l.trim_start().starts_with("identity")).unwrap();
+    assert!(identity.contains("Girder Labs") && identity.contains("SIM-0001"), "{identity}");
+    // It closed its session, and changed nothing.
+    assert_eq!(sim.active_sessions(), 1, "only ipmitool's own: {report}");
+    assert!(sim.actions().is_empty(), "the probe acted on the chassis: {:?}", sim.actions());
+
+    // A Secret that does not exist: said before any call to the BMC.
+    let args = ["bmc", "probe", &address, "--credentials-secret", "absent", "-n", &ns.name];
+    let (ok, _, err) = support::girder_cli(&args, "");
+    assert!(!ok && err.contains("credentials Secret absent does not exist"), "{err}");
+}

@@ -250,3 +250,89 @@ async fn https_is_verified_unless_told_otherwise() {
     assert_eq!(client.power_state().await.unwrap(), PowerState::Off);
     client.close().await.unwrap();
 }
+
+/// The value of fact `what` in `girder bmc probe`'s text report.
+fn fact<'a>(report: &'a str, what: &str) -> Vec<&'a str> {
+    let seen = report.split("What girder sees:\n").nth(1).unwrap_or_default();
+    let seen = seen.split("Quirks girder works around:").next().unwrap_or_default();
+    seen.lines()
+        .filter_map(|l| l.strip_prefix("  ")?.strip_prefix(what)?.strip_prefix(' '))
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .collect()
+}
+
+#[tokio::test]
+async fn girder_bmc_probe_shows_what_the_driver_sees_and_creates_nothing() {
+    let sushy = Sushy::start(SushyConfig {
+        systems: vec![
+            FakeSystem::new(UUID_A, "node-a", "Off", &["52:54:00:00:0a:01"]),
+            FakeSystem::new(UUID_B, "node-b", "On", &["52:54:00:00:0b:01"]),
+        ],
+        basic_auth: true,
+        ..Default::default()
+    })
+    .await;
+    let address = sushy.address(Some("node-b")).to_string();
+    let (ok, report, err) = support::girder_cli(
+        &["bmc", "probe", &address, "--username", USER, "--password-stdin"],
+        &format!("{PASSWORD}\n"),
+    );
+    assert!(ok, "{report}\n{err}");
+    assert!(!report.contains(PASSWORD) && !err.contains(PASSWORD), "the password shows:\n{report}\n{err}");
+    for step in ["connect", "identity", "power state", "inventory", "describe", "close"] {
+        let line =
+            report.lines().find(|l| l.trim_start().starts_with(step)).unwrap_or_else(|| panic!("{step}: {report}"));
+        assert!(line.contains(" s  ok "), "{line}");
+    }
+    // What the emulator says, read raw, is what the probe shows.
+    let (_, system) = sushy.get(&format!("/redfish/v1/Systems/{UUID_B}")).await;
+    let (_, root) = sushy.get("/redfish/v1/").await;
+    assert_eq!(fact(&report, "system"), [format!("/redfish/v1/Systems/{UUID_B}")], "{report}");
+    let systems = fact(&report, "systems");
+    assert!(systems[0].contains(UUID_A) && systems[0].contains(UUID_B), "{report}");
+    assert_eq!(fact(&report, "power"), [system["PowerState"].as_str().unwrap()], "{report}");
+    assert!(fact(&report, "service")[0].starts_with(&format!("Redfish {}", root["RedfishVersion"].as_str().unwrap())));
+    let targets = system["Boot"]["BootSourceOverrideTarget@Redfish.AllowableValues"].as_array().unwrap();
+    let shown = fact(&report, "boot targets")[0];
+    assert!(targets.iter().all(|t| shown.contains(t.as_str().unwrap())), "{shown} vs {targets:?}");
+    let resets = system["Actions"]["#ComputerSystem.Reset"]["ResetType@Redfish.AllowableValues"].as_array().unwrap();
+    let shown = fact(&report, "reset types")[0];
+    assert!(resets.iter().all(|t| shown.contains(t.as_str().unwrap())), "{shown} vs {resets:?}");
+    // sushy offers no sessions: basic authentication, said as a quirk.
+    assert_eq!(fact(&report, "authentication"), ["HTTP basic on every request"], "{report}");
+    assert!(report.contains("- no session service"), "{report}");
+    // Its manager's virtual media: a CD and a floppy drive, empty. sushy's
+    // fake driver keeps no BIOS (only its libvirt driver does).
+    let media = fact(&report, "virtual media");
+    assert!(media.iter().any(|m| m.starts_with("Cd (") && m.contains("empty; InsertMedia")), "{report}");
+    assert!(media.iter().any(|m| m.starts_with("Floppy (")), "{report}");
+    assert_eq!(fact(&report, "BIOS"), ["(not offered)"], "{report}");
+    // The machine was left as it was: still on, no override set.
+    let (_, after) = sushy.get(&format!("/redfish/v1/Systems/{UUID_B}")).await;
+    assert_eq!(after["PowerState"], system["PowerState"]);
+    assert_eq!(after["Boot"], system["Boot"]);
+
+    // JSON for scripts: the same steps and facts.
+    let (ok, json, err) = support::girder_cli(
+        &["bmc", "probe", &address, "--username", USER, "--password-stdin", "-o", "json"],
+        &format!("{PASSWORD}\n"),
+    );
+    assert!(ok, "{json}\n{err}");
+    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(json["steps"].as_array().unwrap().len(), 6, "{json}");
+    assert!(json["description"]["facts"].as_array().unwrap().iter().any(|f| f[0] == "boot targets"), "{json}");
+
+    // A wrong password: the connect step fails, says why, and the command
+    // exits non-zero without showing either password.
+    let (ok, report, err) =
+        support::girder_cli(&["bmc", "probe", &address, "--username", USER, "--password-stdin"], "Wrong-Pa55\n");
+    assert!(!ok, "{report}");
+    let line = report.lines().find(|l| l.contains("connect")).unwrap();
+    assert!(line.contains("FAILED") && line.contains("401"), "{report}");
+    assert!(err.contains("1 of 1 steps failed"), "{err}");
+    assert!(!report.contains("Wrong-Pa55") && !err.contains("Wrong-Pa55"), "{report}\n{err}");
+    // No credentials at all: clap says which flags give them.
+    let (ok, _, err) = support::girder_cli(&["bmc", "probe", &address], "");
+    assert!(!ok && err.contains("--credentials-secret") && err.contains("--username"), "{err}");
+}

@@ -221,6 +221,19 @@ async fn roles_run_in_dependency_order_on_the_nodes_agents_and_failures_say_wher
     let now = plan(&[]);
     assert!(now.contains("layer 1: gather (Cluster: waits for every binding of greet)"), "{now}");
     assert!(now.contains("create 0 bindings; remove 0; run 0 again"), "{now}");
+    // The same plan as a picture, and through kubectl as its plugin (the
+    // binary on PATH as kubectl-girder).
+    picture_matches(&plan(&["-o", "svg"]), &bindings(&farm.client, &ns, "hello").await);
+    let dot = plan(&["-o", "dot"]);
+    assert!(dot.contains("ltail=\"cluster_greet\", lhead=\"cluster_gather\""), "{dot}");
+    let plugins = farm.lab.0.join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_girder"), plugins.join("kubectl-girder")).unwrap();
+    let path = format!("{}:{}", plugins.display(), std::env::var("PATH").unwrap_or_default());
+    let through_kubectl = run_ok(kubectl().env("PATH", &path).args(["girder", "plan", "hello", "-n", &ns]));
+    assert_eq!(through_kubectl, plan(&[]));
+    let help = run_ok(kubectl().env("PATH", &path).args(["girder", "plan", "--help"]));
+    assert!(help.contains("Usage: kubectl girder plan"), "{help}");
     let changed = farm.lab.0.join("hello-two.yaml");
     std::fs::write(&changed, hello.replace("WORD", "two")).unwrap();
     let rehearsed = plan(&["-f", changed.to_str().unwrap()]);
@@ -372,6 +385,28 @@ async fn failures_block_descendants_timeouts_kill_and_an_interrupted_task_is_not
         }
     }
     let _ = client;
+}
+
+/// Checks `girder plan -o svg`'s picture against the bindings: Graphviz
+/// drew a node for each, filled with its state's colour.
+fn picture_matches(svg: &str, list: &[NodeRole]) {
+    assert!(svg.contains("<svg") && svg.trim_end().ends_with("</svg>"), "{svg}");
+    // Each node is a group with its title (the binding's role@node) and a
+    // shape filled with its colour.
+    let mut drawn = BTreeMap::new();
+    for group in svg.split("class=\"node\"").skip(1) {
+        let title = group.split("<title>").nth(1).and_then(|t| t.split("</title>").next()).unwrap_or_default();
+        let fill = group.split("fill=\"").nth(1).and_then(|f| f.split('"').next()).unwrap_or_default();
+        drawn.insert(title.replace("&#45;", "-"), fill.to_string());
+    }
+    assert!(!list.is_empty());
+    for binding in list {
+        let key = format!("{}@{}", binding.spec.role, binding.spec.node);
+        let want = girder::plan::state_colour(Some(state(binding).unwrap_or(BindingState::Proposed)));
+        assert_eq!(drawn.get(&key).map(String::as_str), Some(want), "{key} in the picture: {drawn:?}");
+        let group = format!("<title>cluster_{}</title>", binding.spec.role.replace('-', "&#45;"));
+        assert!(svg.contains(&group), "no box for role {}", binding.spec.role);
+    }
 }
 
 /// A binary `make test` built beside kubectl in the tools' assets (etcd,
@@ -674,6 +709,10 @@ async fn the_sample_masters_serve_kubernetes_through_one_dns_name_that_follows_t
     let applied = jiff::Timestamp::now();
     masters_workload(&ns, data, assets, 3);
     let done = masters_settled(&farm, 3).await;
+    // The sample lab's plan as a picture: every binding drawn, Active.
+    let picture =
+        run_ok(std::process::Command::new(env!("CARGO_BIN_EXE_girder")).args(["plan", "k8s", "-n", &ns, "-o", "svg"]));
+    picture_matches(&picture, &done);
     eprintln!(
         "from apply to every binding Active: {:.1} s; each role's runs:\n{}",
         jiff::Timestamp::now().duration_since(applied).as_secs_f64(),

@@ -50,7 +50,7 @@ pub use commands::{BootFlags, DeviceId, FruInfo, boot_flags};
 pub use crypto::CipherSuite;
 
 use super::{Bmc, BmcAddress, BmcError, BmcOptions, BootDevice, BootOverride, Credentials, PowerAction, PowerState};
-use super::{Scheme, SystemIdentity};
+use super::{Description, Scheme, SystemIdentity};
 use crate::api::node::{BootMode, FirmwareDetails, HardwareDetails};
 use async_trait::async_trait;
 use commands::{NETFN_APP, NETFN_CHASSIS, NETFN_STORAGE};
@@ -363,6 +363,47 @@ impl Bmc for IpmiClient {
 
     async fn close(&self) -> Result<(), BmcError> {
         self.transport.close().await
+    }
+
+    async fn describe(&self) -> Result<Description, BmcError> {
+        let mut out = Description::default();
+        let device = self.device_id().await?;
+        let maker = commands::manufacturer_name(device.manufacturer_id).unwrap_or("an unknown manufacturer");
+        out.fact(
+            "BMC",
+            format!(
+                "IPMI {}, firmware {}, {maker} (IANA {}), product {:#06x}, device {} revision {}",
+                device.ipmi_version,
+                device.firmware,
+                device.manufacturer_id,
+                device.product_id,
+                device.device_id,
+                device.device_revision
+            ),
+        );
+        let suite = match self.cipher_suite().await {
+            Some(CipherSuite::Suite17) => "RMCP+ cipher suite 17 (HMAC-SHA256, AES-CBC-128)",
+            Some(CipherSuite::Suite3) => "RMCP+ cipher suite 3 (HMAC-SHA1, AES-CBC-128)",
+            None => "(no session open)",
+        };
+        out.fact("session", suite);
+        match self.system_guid().await? {
+            Some(guid) => out.fact("system GUID", guid),
+            None => out.fact("system GUID", "(none)"),
+        }
+        out.fact("power", self.power_state().await?.as_str());
+        let flags = self.boot_flags().await?;
+        let device = match (flags.device, flags.selector) {
+            (_, 0) => "no override".to_string(),
+            (Some(device), _) => format!("{device:?}"),
+            (None, selector) => format!("device selector {selector:#x}"),
+        };
+        let lasts = if flags.persistent { "every boot" } else { "the next boot" };
+        let mode = if flags.uefi { "UEFI" } else { "Legacy" };
+        let valid = if flags.valid { "" } else { " (flags not valid: nothing pending)" };
+        out.fact("boot override", format!("{device} for {lasts} in {mode} mode{valid}"));
+        out.fact("virtual media", "(not part of IPMI)");
+        Ok(out)
     }
 }
 

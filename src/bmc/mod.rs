@@ -7,6 +7,7 @@
 //! `Debug` is redacted and which has no `Display`.
 
 pub mod ipmi;
+pub mod probe;
 pub mod redfish;
 
 use crate::api::node::{BootMode, HardwareDetails};
@@ -42,6 +43,25 @@ pub trait Bmc: Send + Sync + fmt::Debug {
     /// Ends the session with the BMC, if one is open. Idempotent; the value
     /// stays usable (a later call logs in again).
     async fn close(&self) -> Result<(), BmcError>;
+    /// What the driver sees on the BMC beyond what it drives, and the
+    /// variations from the standard it works around (`girder bmc probe`).
+    /// Reads only.
+    async fn describe(&self) -> Result<Description, BmcError>;
+}
+
+/// What a driver can say about a BMC, for a person meeting a new vendor.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Description {
+    /// `(what, value)`, in the order worth reading.
+    pub facts: Vec<(String, String)>,
+    /// Each variation from the standard seen, and what girder does about it.
+    pub quirks: Vec<String>,
+}
+
+impl Description {
+    pub fn fact(&mut self, what: &str, value: impl Into<String>) {
+        self.facts.push((what.to_string(), value.into()));
+    }
 }
 
 /// Connects to the BMC at `address` with the driver its scheme names.

@@ -25,6 +25,7 @@
 //! a 2-core machine for the dozen fields girder reads. [`model`] has small
 //! structs instead, where every field is optional and parsed on its own.
 
+mod describe;
 mod inventory;
 mod model;
 mod transport;
@@ -35,7 +36,7 @@ mod tests;
 pub use transport::AuthMode;
 
 use super::{
-    Bmc, BmcAddress, BmcError, BmcOptions, BootDevice, BootOverride, Credentials, PowerAction, PowerState,
+    Bmc, BmcAddress, BmcError, BmcOptions, BootDevice, BootOverride, Credentials, Description, PowerAction, PowerState,
     SystemIdentity,
 };
 use crate::api::node::{BootMode, HardwareDetails};
@@ -333,6 +334,10 @@ impl Bmc for RedfishClient {
 
     async fn close(&self) -> Result<(), BmcError> {
         self.transport.close().await
+    }
+
+    async fn describe(&self) -> Result<Description, BmcError> {
+        self.describe_bmc().await
     }
 }
 

@@ -75,10 +75,13 @@ fn lenient_uuid<'de, D>(d: D) -> Result<Option<String>, D::Error>
 where
     D: Deserializer<'de>,
 {
-    Ok(lenient_string(d)?.filter(|u| {
-        let digits: Vec<char> = u.chars().filter(|c| *c != '-').collect();
-        !(digits.iter().all(|c| *c == '0') || digits.iter().all(|c| c.eq_ignore_ascii_case(&'f')))
-    }))
+    Ok(lenient_string(d)?.filter(|u| !blank_uuid(u)))
+}
+
+/// An all-zero or all-F UUID: no identity (some firmware reports one).
+pub fn blank_uuid(uuid: &str) -> bool {
+    let digits: Vec<char> = uuid.chars().filter(|c| *c != '-').collect();
+    !digits.is_empty() && (digits.iter().all(|c| *c == '0') || digits.iter().all(|c| c.eq_ignore_ascii_case(&'f')))
 }
 
 /// `{"@odata.id": "..."}`.

@@ -777,3 +777,71 @@ async fn inventory_follows_links_and_does_without_what_is_missing() {
     assert_eq!(identity.uuid.as_deref(), Some("38947555-7742-3448-3784-823347823834"));
     client.close().await.unwrap();
 }
+
+#[tokio::test]
+async fn describe_says_what_the_bmc_offers_and_which_quirks_girder_works_around() {
+    // HPE-like: the power button instead of GracefulShutdown, a placeholder
+    // UUID, weak ETags, no listed boot targets; virtual media below the
+    // manager; a BIOS resource with its settings object.
+    let fake = Fake::start(|s| {
+        s.reset_allowed = Some(vec!["On", "ForceOff", "PushPowerButton"]);
+        s.system_extra = json!({
+            "Manufacturer": "HPE", "Model": "ProLiant DL360 Gen10",
+            "UUID": "00000000-0000-0000-0000-000000000000",
+            "Bios": {"@odata.id": "/redfish/v1/Systems/1/Bios"},
+            "Links": {"ManagedBy": [{"@odata.id": "/redfish/v1/Managers/1"}]}
+        });
+        let r = &mut s.resources;
+        r.insert(
+            "/redfish/v1/Systems/1/Bios".into(),
+            json!({"Attributes": {"BootMode": "Uefi", "ProcVirtualization": "Enabled"},
+                   "@Redfish.Settings": {"SettingsObject": {"@odata.id": "/redfish/v1/Systems/1/Bios/Settings"}}}),
+        );
+        r.insert(
+            "/redfish/v1/Managers/1".into(),
+            json!({"Model": "iLO 5", "FirmwareVersion": "2.78",
+                   "VirtualMedia": {"@odata.id": "/redfish/v1/Managers/1/VirtualMedia"}}),
+        );
+        r.insert(
+            "/redfish/v1/Managers/1/VirtualMedia".into(),
+            json!({"Members": [{"@odata.id": "/redfish/v1/Managers/1/VirtualMedia/2"}]}),
+        );
+        r.insert(
+            "/redfish/v1/Managers/1/VirtualMedia/2".into(),
+            json!({"Id": "2", "MediaTypes": ["CD", "DVD"], "Inserted": true, "Image": "http://10.0.0.1/boot.iso",
+                   "Actions": {"#VirtualMedia.InsertMedia": {"target": "/redfish/v1/Managers/1/VirtualMedia/2/Actions/VirtualMedia.InsertMedia"}}}),
+        );
+    })
+    .await;
+    let client = fake.connect(PASSWORD).await.unwrap();
+    let described = client.describe().await.unwrap();
+    let fact = |what: &str| -> Vec<&str> {
+        described.facts.iter().filter(|(w, _)| w == what).map(|(_, v)| v.as_str()).collect()
+    };
+    assert_eq!(fact("system"), ["/redfish/v1/Systems/1"]);
+    assert_eq!(fact("authentication"), ["a session (X-Auth-Token), deleted when girder is done"]);
+    assert_eq!(fact("machine"), ["HPE ProLiant DL360 Gen10"]);
+    assert_eq!(fact("reset types"), ["On, ForceOff, PushPowerButton"]);
+    assert_eq!(fact("boot override"), ["Disabled to Hdd in UEFI mode"]);
+    assert_eq!(fact("boot targets"), ["(not listed)"]);
+    assert_eq!(fact("ETag"), ["weak (W/\"1\")"]);
+    assert_eq!(
+        fact("BIOS"),
+        ["/redfish/v1/Systems/1/Bios: 2 attributes; pending changes go to /redfish/v1/Systems/1/Bios/Settings"]
+    );
+    assert_eq!(fact("manager"), ["/redfish/v1/Managers/1 iLO 5 2.78"]);
+    assert_eq!(fact("virtual media"), ["2 (CD/DVD): holds http://10.0.0.1/boot.iso; InsertMedia"]);
+    let quirks = described.quirks.join("\n");
+    for expected in [
+        "placeholder: girder reports no UUID",
+        "do not list GracefulShutdown: girder sends PushPowerButton",
+        "boot targets not listed",
+        "weak ETags",
+    ] {
+        assert!(quirks.contains(expected), "{expected:?} not in:\n{quirks}");
+    }
+    assert!(!quirks.contains("session service"), "{quirks}");
+    // Reading only: nothing was patched or reset.
+    fake.with(|s| assert!(s.patches.is_empty() && s.resets.is_empty()));
+    client.close().await.unwrap();
+}

@@ -151,7 +151,10 @@ impl BmcPool {
     }
 }
 
-async fn read_credentials(secrets: &Api<Secret>, name: &str) -> Result<(Credentials, String), CredentialsProblem> {
+pub(crate) async fn read_credentials(
+    secrets: &Api<Secret>,
+    name: &str,
+) -> Result<(Credentials, String), CredentialsProblem> {
     let secret = secrets
         .get_opt(name)
         .await
