@@ -5,7 +5,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: sandbox sandbox-down test controlplane controlplane-down tools crds lint build fuzz ramdisk
+.PHONY: sandbox sandbox-down test controlplane controlplane-down tools crds lint build fuzz ramdisk image
 
 ## Everything on one machine: control plane, operator, sample lab, live progress.
 sandbox:
@@ -43,6 +43,10 @@ build:
 ## The discovery/deploy ramdisk (Debian kernel, busybox, static `girder agent`); prints its directory.
 ramdisk:
 	@ramdisk/build.sh
+
+## girder's OCI image (static binary, non-root, reproducible) in target/image; prints its digest.
+image:
+	@e2e/image.sh build
 
 ## Fuzz the PXE sidecar's DHCP and TFTP parsers and DHCP decision, FUZZ_SECONDS (60) per target.
 fuzz:

@@ -129,3 +129,19 @@ chassis_control() {
     *) echo "unknown operation: $op"; exit 1 ;;
   esac
 }
+
+# build_static_girder: `girder` as one static binary (the ramdisk's agent and
+# the container image's only program), built once for both; prints its path.
+# The gnu target with a static C library (the musl target is not at hand
+# here); RUSTFLAGS then reach only the target's code, not build scripts and
+# proc macros. Paths of this checkout and of cargo's registry are written as
+# fixed ones, so that where the clone sits does not change the binary.
+build_static_girder() {
+  local target=x86_64-unknown-linux-gnu root cargo_home
+  root="$(git rev-parse --show-toplevel 2>/dev/null || pwd)"
+  cargo_home="${CARGO_HOME:-$HOME/.cargo}"
+  echo "building the static girder (cargo build --profile ramdisk --target $target)" >&2
+  RUSTFLAGS="-C target-feature=+crt-static --remap-path-prefix=$root=/girder --remap-path-prefix=$cargo_home=/cargo" \
+    cargo build --locked --quiet --profile ramdisk --target "$target" --bin girder >&2
+  echo "$root/target/$target/ramdisk/girder"
+}

@@ -25,10 +25,11 @@ ramdisk/build.sh >"$ramdisk_out" 2>"$ramdisk_out.log" &
 ramdisk_pid=$!
 trap 'kill "$ramdisk_pid" 2>/dev/null || true; rm -f "$ramdisk_out" "$ramdisk_out.log"' EXIT
 
-step "real peers: etcd, kube-apiserver, kubectl, helm (cached in $GIRDER_CACHE/bin)"
+step "real peers: etcd, kube-apiserver, kubectl, helm, the distribution registry (cached in $GIRDER_CACHE/bin)"
 if [ -n "${KUBEBUILDER_ASSETS:-}" ]; then assets="$KUBEBUILDER_ASSETS"; else assets="$(e2e/tools.sh all)"; fi
 export GIRDER_KUBECTL="${GIRDER_KUBECTL:-$assets/kubectl}"
 export GIRDER_HELM="${GIRDER_HELM:-$(e2e/tools.sh helm)}"
+export GIRDER_REGISTRY="${GIRDER_REGISTRY:-$(e2e/tools.sh registry)}"
 step "real peers: sushy-tools Redfish emulator (venv cached in $GIRDER_CACHE/venv)"
 e2e/sushy.sh install >/dev/null
 step "real peers: BIND 9 and dig/nsupdate (Debian bind9, bind9-dnsutils)"
@@ -64,6 +65,17 @@ GIRDER_RAMDISK_DIR="$(cat "$ramdisk_out")"
 rm -f "$ramdisk_out" "$ramdisk_out.log"
 export GIRDER_RAMDISK_DIR
 e2e/test-image.sh build "$GIRDER_RAMDISK_DIR" >/dev/null
+
+step "girder's container image (make image), built twice: the same commit gives the same digest"
+image_again="$(mktemp -d)"
+image_digest="$(e2e/image.sh build target/image)"
+again_digest="$(e2e/image.sh build "$image_again")"
+rm -rf "$image_again"
+if [ "$image_digest" != "$again_digest" ]; then
+  echo "make image is not reproducible: $image_digest, then $again_digest" >&2
+  exit 1
+fi
+export GIRDER_IMAGE_DIR="$PWD/target/image"
 
 step "control plane for the tests"
 export GIRDER_HOME="${GIRDER_TEST_HOME:-$GIRDER_CACHE/test}"

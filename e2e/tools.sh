@@ -3,12 +3,14 @@
 # etcd, kube-apiserver, kubectl and helm, from their Go modules at pinned
 # releases. Binaries land in $GIRDER_CACHE/bin/<name>-<version>; a second run
 # finds them there and builds nothing. `all` prints the directory of stable
-# names (etcd, kube-apiserver, kubectl, helm); `helm` prints the helm binary.
+# names (etcd, kube-apiserver, kubectl, helm); `helm` prints the helm binary,
+# `registry` the distribution registry's.
 set -euo pipefail
 
 K8S_VERSION="${K8S_VERSION:-v1.37.2}"
 ETCD_VERSION="${ETCD_VERSION:-v3.6.16}"
 HELM_VERSION="${HELM_VERSION:-v3.22.0}"
+REGISTRY_VERSION="${REGISTRY_VERSION:-v3.1.2}"
 GIRDER_CACHE="${GIRDER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/girder}"
 BIN="$GIRDER_CACHE/bin"
 WORK="$GIRDER_CACHE/build"
@@ -122,6 +124,18 @@ build_helm() {
   )
 }
 
+# The CNCF distribution registry, where the image tests push girder's image.
+build_registry() {
+  [ -x "$BIN/registry-$REGISTRY_VERSION" ] && return
+  need_go
+  local dir="$WORK/registry-$REGISTRY_VERSION"
+  mkdir -p "$dir"
+  log "building the distribution registry $REGISTRY_VERSION (first run only)"
+  GOBIN="$dir" CGO_ENABLED=0 go install -trimpath -ldflags "-s -w" \
+    "github.com/distribution/distribution/v3/cmd/registry@$REGISTRY_VERSION" >&2
+  mv "$dir/registry" "$BIN/registry-$REGISTRY_VERSION"
+}
+
 # Stable names in one directory, so KUBEBUILDER_ASSETS and PATH can point at it.
 link_assets() {
   local assets="$GIRDER_CACHE/assets"
@@ -138,5 +152,6 @@ case "${1:-all}" in
   etcd) build_etcd ;;
   kubernetes) build_kubernetes ;;
   helm) build_helm; echo "$BIN/$HELM_BIN" ;;
-  *) echo "usage: $0 [all|etcd|kubernetes|helm]" >&2; exit 2 ;;
+  registry) build_registry; echo "$BIN/registry-$REGISTRY_VERSION" ;;
+  *) echo "usage: $0 [all|etcd|kubernetes|helm|registry]" >&2; exit 2 ;;
 esac

@@ -28,17 +28,6 @@ trap '[ -z "$TMP_DIR" ] || rm -rf "$TMP_DIR"' EXIT
 # server NICs. Real hardware loads what it asks for by modalias.
 MODULES=(virtio_pci virtio_net virtio_blk virtio_scsi sd_mod ahci nvme
   e1000 e1000e igb ixgbe i40e tg3 bnxt_en vfat nls_iso8859_1 nls_cp437 nls_ascii)
-TARGET=x86_64-unknown-linux-gnu
-
-# The static agent: the gnu target with a static C library (the musl target
-# is not at hand here); RUSTFLAGS then reach only the target's code, not the
-# build scripts and proc macros.
-build_agent() {
-  log "building the static agent (cargo build --profile ramdisk --target $TARGET)"
-  RUSTFLAGS="-C target-feature=+crt-static" cargo build --locked --quiet --profile ramdisk --target "$TARGET" --bin girder >&2
-  echo "target/$TARGET/ramdisk/girder"
-}
-
 # module_files KERNEL_DIR RELEASE NAME...: the .ko files of NAME and of
 # everything they depend on (each module's modinfo `depends=`), relative to
 # lib/modules/RELEASE.
@@ -73,7 +62,7 @@ build() {
   local kernel release agent files key dir tmp
   kernel="$(debian_kernel "$GIRDER_CACHE/kernel")"
   release="$(ls "$kernel/lib/modules" | head -n1)"
-  agent="$(build_agent)"
+  agent="$(build_static_girder)"
   files="$(module_files "$kernel" "$release" "${MODULES[@]}" | sort -u)"
   key="$( {
     basename "$kernel"

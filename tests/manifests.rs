@@ -129,6 +129,16 @@ fn helm_lint_is_clean_and_rendering_is_deterministic() {
         .output()
         .expect("helm template");
     assert!(!refused.status.success(), "values.schema.json must refuse a non-integer replicaCount");
+    // The image by the digest make image prints; a malformed digest is refused.
+    let digest = format!("sha256:{}", "ab".repeat(32));
+    let pinned =
+        run_ok(helm().args(["template", "girder", "charts/girder", "--set", &format!("image.digest={digest}")]));
+    assert!(pinned.contains(&format!("image: \"girder@{digest}\"")), "{pinned}");
+    let refused = helm()
+        .args(["template", "girder", "charts/girder", "--set", "image.digest=latest"])
+        .output()
+        .expect("helm template");
+    assert!(!refused.status.success(), "values.schema.json must refuse a digest that is not sha256:<64 hex>");
     let render = || run_ok(helm().args(["template", "girder", "charts/girder", "-n", "girder", "--include-crds"]));
     let first = render();
     assert_eq!(first, render(), "helm template is not deterministic");
@@ -243,4 +253,24 @@ fn the_pxe_sidecar_overlay_and_chart_values_render() {
         "pxe.interfaces={eno2,eno3}",
     ]));
     check(&chart, "eno2,eno3");
+}
+
+/// The image by digest, as the README shows for kustomize: an overlay of
+/// config/default whose `images` entry pins the operator's image.
+#[test]
+fn a_kustomize_overlay_pins_the_image_by_digest() {
+    let digest = format!("sha256:{}", "cd".repeat(32));
+    let dir = repo_root().join(format!("target/image-overlay-{}/site", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let overlay = format!(
+        "resources: [../../../config/default]\nimages:\n  - {{name: girder, newName: registry.example.com/girder, digest: {digest}}}\n"
+    );
+    std::fs::write(dir.join("kustomization.yaml"), overlay).unwrap();
+    let rendered = run_ok(kubectl().args(["kustomize", dir.to_str().unwrap()]));
+    let _ = std::fs::remove_dir_all(dir.parent().unwrap());
+    let images: Vec<&str> = rendered.lines().filter_map(|l| l.trim().strip_prefix("image: ")).collect();
+    assert!(!images.is_empty(), "{rendered}");
+    for image in images {
+        assert_eq!(image, format!("registry.example.com/girder@{digest}"));
+    }
 }

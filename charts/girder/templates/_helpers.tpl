@@ -58,5 +58,9 @@ The operator's ServiceAccount.
 The image, tag defaulting to appVersion.
 */}}
 {{- define "girder.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
 {{- end }}
