@@ -274,3 +274,54 @@ fn a_kustomize_overlay_pins_the_image_by_digest() {
         assert_eq!(image, format!("registry.example.com/girder@{digest}"));
     }
 }
+
+/// The chart's NetworkPolicy: the operator's HTTP port only from the peers
+/// given; refused without them, and with the PXE sidecar (host network,
+/// where policies do not apply). The API server takes what it renders.
+#[tokio::test]
+async fn the_charts_network_policy_admits_metrics_only_from_the_peers_given() {
+    let client = client().await;
+    let ns = TestNamespace::new(&client, "netpol").await;
+    let peer = "networkPolicy.metricsFrom[0].namespaceSelector.matchLabels.kubernetes\\.io/metadata\\.name=monitoring";
+    let rendered = run_ok(helm().args(["template", "g", "charts/girder", "-n", &ns.name]).args([
+        "--set",
+        "networkPolicy.enabled=true",
+        "--set",
+        peer,
+        "--show-only",
+        "templates/networkpolicy.yaml",
+    ]));
+    apply_yaml(&ns.name, &rendered);
+    let policy: serde_json::Value = serde_json::from_str(&run_ok(kubectl().args([
+        "get",
+        "networkpolicy",
+        "g-girder-operator",
+        "-n",
+        &ns.name,
+        "-o",
+        "json",
+    ])))
+    .unwrap();
+    let spec = &policy["spec"];
+    assert_eq!(spec["policyTypes"], serde_json::json!(["Ingress"]), "{policy}");
+    assert_eq!(spec["podSelector"]["matchLabels"]["app.kubernetes.io/instance"], "g", "{policy}");
+    let rule = &spec["ingress"][0];
+    assert_eq!(rule["ports"], serde_json::json!([{"port": "http", "protocol": "TCP"}]), "{policy}");
+    assert_eq!(rule["from"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"], "monitoring");
+    assert!(spec["ingress"].as_array().unwrap().len() == 1, "{policy}");
+    // The Deployment's port is named http, as the policy's rule says.
+    let chart = run_ok(helm().args(["template", "g", "charts/girder", "--show-only", "templates/deployment.yaml"]));
+    assert!(chart.contains("- name: http\n"), "{chart}");
+
+    let refused = |extra: &[&str]| {
+        let out = helm()
+            .args(["template", "g", "charts/girder", "--set", "networkPolicy.enabled=true"])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{extra:?} rendered");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    assert!(refused(&[]).contains("networkPolicy.metricsFrom: say who may reach"));
+    assert!(refused(&["--set", peer, "--set", "pxe.enabled=true"]).contains("on the host network"));
+}
