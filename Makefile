@@ -48,6 +48,6 @@ ramdisk:
 image:
 	@e2e/image.sh build
 
-## Fuzz the PXE sidecar's DHCP and TFTP parsers and DHCP decision, FUZZ_SECONDS (60) per target.
+## Fuzz the DHCP and TFTP parsers, the DHCP decision, the Redfish model and the IPMI decoders, FUZZ_SECONDS (60) per target.
 fuzz:
 	e2e/fuzz.sh

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make fuzz`: runs every cargo-fuzz target in fuzz/ (the PXE sidecar's DHCP
-# and TFTP parsers, and the DHCP decision) for a bounded time each.
+# and TFTP parsers and its DHCP decision; the BMC drivers' Redfish model and
+# inventory, and their IPMI decoders) for a bounded time each.
 #
 #   e2e/fuzz.sh                      (FUZZ_SECONDS=60 per target)
 #   FUZZ_SECONDS=10 FUZZ_TARGETS="tftp_parse" e2e/fuzz.sh

@@ -1,12 +1,15 @@
 #!/usr/bin/env python3
 """Writes the seed corpora under fuzz/corpus/<target>/: real DHCP and TFTP
-packets, built here from the RFCs rather than with girder's own encoder.
+packets, built here from the RFCs rather than with girder's own encoder;
+Redfish resources shaped as the DMTF schemas and vendors give them; IPMI
+datagrams and command answers laid out as the IPMI 2.0 specification says.
 
     python3 fuzz/seeds.py
 
 The files are committed; rerun this after changing it.
 """
 
+import json
 import os
 import struct
 
@@ -165,3 +168,94 @@ def write(target, packets):
 write("dhcp_parse", {**DHCP, "offer-reply": offer_reply()})
 write("dhcp_decide", DHCP)
 write("tftp_parse", TFTP)
+
+
+def redfish(value):
+    return json.dumps(value, indent=1).encode()
+
+
+REDFISH = {
+    "system": redfish({
+        "@odata.id": "/redfish/v1/Systems/1", "Id": "1", "Manufacturer": "Contoso", "Model": "3500",
+        "SerialNumber": "437XR1138R2", "UUID": "38947555-7742-3448-3784-823347823834", "PowerState": "On",
+        "BiosVersion": "P79 v1.45",
+        "Boot": {"BootSourceOverrideTarget": "Pxe", "BootSourceOverrideEnabled": "Once",
+                 "BootSourceOverrideMode": "UEFI",
+                 "BootSourceOverrideTarget@Redfish.AllowableValues": ["None", "Pxe", "Cd", "Hdd", "BiosSetup"]},
+        "ProcessorSummary": {"Count": 2, "CoreCount": 16, "LogicalProcessorCount": 32, "Model": "Xeon"},
+        "MemorySummary": {"TotalSystemMemoryGiB": 96},
+        "Processors": {"@odata.id": "/redfish/v1/Systems/1/Processors"},
+        "Links": {"ManagedBy": [{"@odata.id": "/redfish/v1/Managers/1"}]},
+        "Actions": {"#ComputerSystem.Reset": {"target": "/redfish/v1/Systems/1/Actions/ComputerSystem.Reset",
+                                              "ResetType@Redfish.AllowableValues": ["On", "ForceOff", "PushPowerButton"]}},
+        "Oem": {"Hpe": {"PostState": "FinishedPost"}},
+    }),
+    "collection": redfish({"Members@odata.count": 2, "Members": [{"@odata.id": "/redfish/v1/Systems/1"},
+                                                                  {"@odata.id": "/redfish/v1/Systems/2"}],
+                           "Members@odata.nextLink": "/redfish/v1/Systems?$skip=2"}),
+    "processor": redfish({"ProcessorType": "CPU", "Model": "Xeon 7xxx", "TotalCores": 8, "TotalThreads": 16,
+                          "InstructionSet": "x86-64", "Status": {"State": "Enabled", "Health": "OK"}}),
+    "memory": redfish({"CapacityMiB": 32768, "Status": {"State": "Absent"}}),
+    "nic": redfish({"Id": "NIC1", "MACAddress": "52:54:00:00:00:01", "SpeedMbps": 10000, "LinkStatus": "LinkUp"}),
+    "drive": redfish({"Id": "Disk0", "Name": "Disk 0", "CapacityBytes": 480103981056, "MediaType": "SSD",
+                      "SerialNumber": "S4X1", "Model": "SAMSUNG", "Protocol": "SATA"}),
+    "simple-storage": redfish({"Devices": [{"Name": "SATA 0", "CapacityBytes": 10737418240,
+                                            "Status": {"State": "Enabled"}}]}),
+    "manager": redfish({"FirmwareVersion": "2.78", "Model": "iLO 5"}),
+    "action-info": redfish({"Parameters": [{"Name": "ResetType", "AllowableValues": ["On", "ForceOff"]}]}),
+    "error": redfish({"error": {"code": "Base.1.8.GeneralError", "message": "failed",
+                                "@Message.ExtendedInfo": [{"Message": "The value for BootSourceOverrideTarget is not allowed."}]}}),
+    "weak-types": redfish({"PowerState": 1, "UUID": "FFFFFFFF-FFFF-FFFF-FFFF-FFFFFFFFFFFF", "Boot": [],
+                           "MemorySummary": {"TotalSystemMemoryGiB": "96"}, "Members": {"@odata.id": 3}}),
+}
+
+
+def ipmi_checksum(data):
+    return (-sum(data)) & 0xFF
+
+
+def ipmi_response(netfn, cmd, code, data):
+    header = bytes([0x81, netfn << 2])
+    body = bytes([0x20, 0x04, cmd, code]) + data
+    return header + bytes([ipmi_checksum(header)]) + body + bytes([ipmi_checksum(body)])
+
+
+def rmcp_v15(payload):
+    return bytes([0x06, 0x00, 0xFF, 0x07, 0x00]) + struct.pack("<II", 0, 0) + bytes([len(payload)]) + payload
+
+
+def rmcp_v20(payload_type, payload, session_id=0):
+    return bytes([0x06, 0x00, 0xFF, 0x07, 0x06, payload_type]) + struct.pack("<IIH", session_id, 0, len(payload)) + payload
+
+
+def fru():
+    def area(fixed, fields):
+        body = bytes([0x01, 0]) + fixed
+        for field in fields:
+            body += bytes([0xC0 | len(field)]) + field
+        body += bytes([0xC1])
+        body += bytes((8 - (len(body) + 1) % 8) % 8)
+        body = body[:1] + bytes([(len(body) + 1) // 8]) + body[2:]
+        return body + bytes([ipmi_checksum(body)])
+    product = area(bytes([0x19]), [b"Girder Labs", b"Sim Server", b"P-1", b"A", b"SIM-0001", b"", b""])
+    header = bytes([0x01, 0, 0, 0, 1, 0, 0])
+    return header + bytes([ipmi_checksum(header)]) + product
+
+
+IPMI = {
+    "device-id": ipmi_response(0x07, 0x01, 0, bytes([0x20, 0x81, 0x01, 0x23, 0x02, 0xBF]) + struct.pack("<I", 4753)[:3] + struct.pack("<H", 0x0100)),
+    "chassis-status": ipmi_response(0x01, 0x01, 0, bytes([0x01, 0x00, 0x00])),
+    "boot-flags": ipmi_response(0x01, 0x09, 0, bytes([0x01, 0x05, 0xA0, 0x04, 0x00, 0x00, 0x00])),
+    "system-guid": ipmi_response(0x07, 0x37, 0, bytes.fromhex("4c4c4544003252108030b4c04f4e4e32")),
+    "completion-error": ipmi_response(0x07, 0x01, 0xC1, b""),
+    "v15-auth-capabilities": rmcp_v15(ipmi_response(0x07, 0x38, 0, bytes([0x01, 0x80, 0x14, 0x02, 0, 0, 0, 0]))),
+    "open-session-response": rmcp_v20(0x11, bytes([0x01, 0x00, 0x04, 0x00]) + struct.pack("<II", 0xA0A2A3A4, 0x02000001)
+                                      + bytes([0x00, 0, 0, 8, 0x01, 0, 0, 0, 0x01, 0, 0, 8, 0x01, 0, 0, 0, 0x02, 0, 0, 8, 0x01, 0, 0, 0])),
+    "rakp2": rmcp_v20(0x13, bytes([0x01, 0x00, 0, 0]) + struct.pack("<I", 0xA0A2A3A4) + bytes(range(16)) + bytes(16) + bytes(20)),
+    "rakp4": rmcp_v20(0x15, bytes([0x01, 0x00, 0, 0]) + struct.pack("<I", 0xA0A2A3A4) + bytes(12)),
+    "asf-pong": bytes([0x06, 0x00, 0xFF, 0x06]) + bytes(12),
+    "fru": fru(),
+}
+
+write("redfish_read", REDFISH)
+write("ipmi_decode", IPMI)

@@ -90,6 +90,41 @@ impl fmt::Debug for IpmiClient {
     }
 }
 
+/// Runs every decoder girder has for what a BMC sends over IPMI on
+/// `datagram` (the packet, its session wrappers, RAKP messages, command
+/// answers, FRU data), also as a packet of an established session with fixed
+/// keys: for the fuzz target, since whatever arrives must give an answer or
+/// an error, never a panic. Not an API.
+#[doc(hidden)]
+pub fn decode_untrusted(datagram: &[u8]) {
+    let _ = packet::parse_packet(datagram, None);
+    for suite in [CipherSuite::Suite3, CipherSuite::Suite17] {
+        let keys = crypto::SessionKeys::derive(suite, &[0x5a; 20]);
+        let _ = packet::parse_packet(datagram, Some(&keys));
+        let _ = keys.decrypt(datagram);
+        let _ = packet::parse_rakp2(datagram, suite);
+        let _ = packet::parse_rakp4(datagram, suite);
+    }
+    let _ = packet::parse_open_session_response(datagram);
+    if let Ok(response) = packet::parse_ipmi_response(datagram) {
+        let _ = packet::completion_code_text(response.completion_code);
+    }
+    let _ = packet::rmcp_status_text(datagram.first().copied().unwrap_or_default());
+    let _ = commands::chassis_power_state(datagram);
+    let _ = commands::parse_boot_flags(datagram);
+    let _ = commands::parse_device_id(datagram);
+    let _ = commands::decode_guid(datagram);
+    if let Ok(header) = commands::parse_fru_header(datagram) {
+        for offset in [header.chassis, header.board, header.product].into_iter().flatten() {
+            let _ = commands::fru_area_len(datagram, offset);
+        }
+    }
+    let _ = commands::parse_fru(datagram);
+    for kind in 0..4 {
+        let _ = commands::decode_fru_field(kind, datagram);
+    }
+}
+
 impl IpmiClient {
     /// Connects with the default [`IpmiOptions`].
     pub async fn connect(address: BmcAddress, credentials: Credentials, options: BmcOptions) -> Result<Self, BmcError> {

@@ -44,7 +44,8 @@ fn cpu(parts: &Parts) -> Option<CpuDetails> {
     let summary = parts.system.processor_summary.as_ref();
     let sum = |f: fn(&Processor) -> Option<i64>| -> Option<i64> {
         let values: Vec<i64> = cpus.iter().filter_map(|p| f(p)).collect();
-        (!values.is_empty()).then(|| values.iter().sum())
+        // Saturating: a BMC's numbers are not trusted to add up.
+        (!values.is_empty()).then(|| values.iter().fold(0i64, |sum, v| sum.saturating_add(*v)))
     };
     let details = CpuDetails {
         model: cpus.iter().find_map(|p| p.model.clone()).or_else(|| summary.and_then(|s| s.model.clone())),
@@ -97,7 +98,7 @@ fn memory_mebibytes(parts: &Parts) -> Option<i64> {
             .filter_map(|m| m.capacity_mib)
             .filter(|mib| *mib > 0)
             .collect();
-        (!modules.is_empty()).then(|| modules.iter().sum())
+        (!modules.is_empty()).then(|| modules.iter().fold(0i64, |sum, v| sum.saturating_add(*v)))
     })
 }
 

@@ -845,3 +845,18 @@ async fn describe_says_what_the_bmc_offers_and_which_quirks_girder_works_around(
     fake.with(|s| assert!(s.patches.is_empty() && s.resets.is_empty()));
     client.close().await.unwrap();
 }
+
+#[test]
+fn any_body_reads_without_panicking_and_huge_numbers_saturate() {
+    for body in [
+        &b""[..],
+        b"null",
+        b"[]",
+        b"{\"MemorySummary\": {\"TotalSystemMemoryGiB\": -4}, \"CapacityMiB\": 9223372036854775807, \"TotalCores\": 9223372036854775807}",
+        b"{\"Members\": 7, \"Drives\": [{}], \"CapacityBytes\": -1, \"UUID\": \"00000000-0000-0000-0000-000000000000\"}",
+    ] {
+        let hardware = read_untrusted(body);
+        assert!(hardware.memory_mebibytes.is_none_or(|m| m > 0), "{hardware:?}");
+        assert!(hardware.uuid.is_none(), "{hardware:?}");
+    }
+}
