@@ -77,6 +77,9 @@ if [ "$image_digest" != "$again_digest" ]; then
 fi
 export GIRDER_IMAGE_DIR="$PWD/target/image"
 
+step "Argo CD health checks (e2e/argocd-health.sh: the scripts as Argo CD runs them, on real girder objects)"
+e2e/argocd-health.sh test | grep -v '^ok '
+
 step "control plane for the tests"
 export GIRDER_HOME="${GIRDER_TEST_HOME:-$GIRDER_CACHE/test}"
 mkdir -p "$GIRDER_HOME"

@@ -325,3 +325,39 @@ async fn the_charts_network_policy_admits_metrics_only_from_the_peers_given() {
     assert!(refused(&[]).contains("networkPolicy.metricsFrom: say who may reach"));
     assert!(refused(&["--set", peer, "--set", "pxe.enabled=true"]).contains("on the host network"));
 }
+
+/// The chart's Argo CD health checks reach Argo CD as the README says: the
+/// generated patch merges into an argocd-cm, giving one entry per girder
+/// kind whose script is that kind's health.lua. (What the scripts decide is
+/// checked by e2e/argocd-health.sh in make test.)
+#[tokio::test]
+async fn the_argocd_health_patch_merges_into_argocd_cm() {
+    let client = client().await;
+    let ns = TestNamespace::new(&client, "argocd").await;
+    run_ok(kubectl().args([
+        "create",
+        "configmap",
+        "argocd-cm",
+        "-n",
+        &ns.name,
+        "--from-literal=url=https://argocd.example",
+    ]));
+    run_ok(
+        kubectl()
+            .args(["patch", "configmap", "argocd-cm", "-n", &ns.name, "--type", "merge"])
+            .args(["--patch-file", "charts/girder/argocd/argocd-cm.yaml"]),
+    );
+    let cm: serde_json::Value =
+        serde_json::from_str(&run_ok(kubectl().args(["get", "configmap", "argocd-cm", "-n", &ns.name, "-o", "json"])))
+            .unwrap();
+    let data = cm["data"].as_object().unwrap();
+    assert_eq!(data["url"], "https://argocd.example", "the patch keeps what was there");
+    for kind in ["BareMetalNode", "Network", "NodeRole", "Workload"] {
+        let script =
+            std::fs::read_to_string(repo_root().join(format!("charts/girder/argocd/girder.dev/{kind}/health.lua")))
+                .unwrap();
+        let key = format!("resource.customizations.health.girder.dev_{kind}");
+        assert_eq!(data.get(&key).and_then(|v| v.as_str()), Some(script.as_str()), "{key}");
+    }
+    assert_eq!(data.len(), 5, "{data:?}");
+}

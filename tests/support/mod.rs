@@ -105,6 +105,14 @@ impl TestNamespace {
 
 impl Drop for TestNamespace {
     fn drop(&mut self) {
+        // GIRDER_DUMP_DIR: girder's objects as the test left them, one file
+        // per namespace (where the Argo CD health fixtures come from).
+        if let Some(dir) = std::env::var_os("GIRDER_DUMP_DIR")
+            && let Ok(out) = kubectl().args(["get", "girder", "-n", &self.name, "-o", "yaml"]).output()
+        {
+            let _ = std::fs::create_dir_all(&dir);
+            let _ = std::fs::write(Path::new(&dir).join(format!("{}.yaml", self.name)), out.stdout);
+        }
         // Best effort, without waiting: the control plane is thrown away anyway.
         let _ = kubectl()
             .args(["delete", "namespace", &self.name, "--wait=false", "--ignore-not-found"])
