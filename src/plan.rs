@@ -372,12 +372,9 @@ impl View {
             }
         }
         if !self.notes.is_empty() {
-            let notes: String = self.notes.iter().map(|n| format!("{n}\\l")).collect();
-            let _ = writeln!(
-                out,
-                "  notes [shape=note, style=filled, fillcolor=\"#fffbe6\", label=\"{}\"];",
-                escape(&notes).replace("\\\\l", "\\l")
-            );
+            // Each line left-aligned (Graphviz's \l ends a line).
+            let notes: String = self.notes.iter().map(|n| escape(n) + "\\l").collect();
+            let _ = writeln!(out, "  notes [shape=note, style=filled, fillcolor=\"#fffbe6\", label=\"{notes}\"];");
         }
         let _ = writeln!(out, "}}");
         out

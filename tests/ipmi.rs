@@ -372,11 +372,9 @@ async fn girder_bmc_probe_reads_the_simulator_as_ipmitool_does_with_a_nodes_cred
     let (ok, report, err) = support::girder_cli(&args, "");
     assert!(ok, "{report}\n{err}\n{}", sim.log());
     assert!(!report.contains(PASSWORD) && !err.contains(PASSWORD), "the password shows:\n{report}\n{err}");
-    let seen = report.split("What girder sees:\n").nth(1).unwrap_or_else(|| panic!("{report}"));
     let fact = |what: &str| -> String {
-        let prefix = format!("  {what} ");
-        let line = seen.lines().find(|l| l.starts_with(&prefix)).unwrap_or_else(|| panic!("{what}: {report}"));
-        line[prefix.len()..].trim().to_string()
+        let values = support::probe_fact(&report, what);
+        values.first().unwrap_or_else(|| panic!("{what}: {report}")).to_string()
     };
     let info = sim.ipmitool(&["mc", "info"]);
     let bmc = fact("BMC");

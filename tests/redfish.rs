@@ -16,8 +16,8 @@ use girder::bmc::{
 mod support;
 
 use std::time::{Duration, Instant};
-use support::free_port;
 use support::sushy::*;
+use support::{free_port, probe_fact};
 
 async fn connect(address: BmcAddress, options: BmcOptions) -> Result<RedfishClient, BmcError> {
     RedfishClient::connect(address, Credentials::new(USER, PASSWORD), options).await
@@ -251,17 +251,6 @@ async fn https_is_verified_unless_told_otherwise() {
     client.close().await.unwrap();
 }
 
-/// The value of fact `what` in `girder bmc probe`'s text report.
-fn fact<'a>(report: &'a str, what: &str) -> Vec<&'a str> {
-    let seen = report.split("What girder sees:\n").nth(1).unwrap_or_default();
-    let seen = seen.split("Quirks girder works around:").next().unwrap_or_default();
-    seen.lines()
-        .filter_map(|l| l.strip_prefix("  ")?.strip_prefix(what)?.strip_prefix(' '))
-        .map(str::trim)
-        .filter(|v| !v.is_empty())
-        .collect()
-}
-
 #[tokio::test]
 async fn girder_bmc_probe_shows_what_the_driver_sees_and_creates_nothing() {
     let sushy = Sushy::start(SushyConfig {
@@ -288,26 +277,28 @@ async fn girder_bmc_probe_shows_what_the_driver_sees_and_creates_nothing() {
     // What the emulator says, read raw, is what the probe shows.
     let (_, system) = sushy.get(&format!("/redfish/v1/Systems/{UUID_B}")).await;
     let (_, root) = sushy.get("/redfish/v1/").await;
-    assert_eq!(fact(&report, "system"), [format!("/redfish/v1/Systems/{UUID_B}")], "{report}");
-    let systems = fact(&report, "systems");
+    assert_eq!(probe_fact(&report, "system"), [format!("/redfish/v1/Systems/{UUID_B}")], "{report}");
+    let systems = probe_fact(&report, "systems");
     assert!(systems[0].contains(UUID_A) && systems[0].contains(UUID_B), "{report}");
-    assert_eq!(fact(&report, "power"), [system["PowerState"].as_str().unwrap()], "{report}");
-    assert!(fact(&report, "service")[0].starts_with(&format!("Redfish {}", root["RedfishVersion"].as_str().unwrap())));
+    assert_eq!(probe_fact(&report, "power"), [system["PowerState"].as_str().unwrap()], "{report}");
+    assert!(
+        probe_fact(&report, "service")[0].starts_with(&format!("Redfish {}", root["RedfishVersion"].as_str().unwrap()))
+    );
     let targets = system["Boot"]["BootSourceOverrideTarget@Redfish.AllowableValues"].as_array().unwrap();
-    let shown = fact(&report, "boot targets")[0];
+    let shown = probe_fact(&report, "boot targets")[0];
     assert!(targets.iter().all(|t| shown.contains(t.as_str().unwrap())), "{shown} vs {targets:?}");
     let resets = system["Actions"]["#ComputerSystem.Reset"]["ResetType@Redfish.AllowableValues"].as_array().unwrap();
-    let shown = fact(&report, "reset types")[0];
+    let shown = probe_fact(&report, "reset types")[0];
     assert!(resets.iter().all(|t| shown.contains(t.as_str().unwrap())), "{shown} vs {resets:?}");
     // sushy offers no sessions: basic authentication, said as a quirk.
-    assert_eq!(fact(&report, "authentication"), ["HTTP basic on every request"], "{report}");
+    assert_eq!(probe_fact(&report, "authentication"), ["HTTP basic on every request"], "{report}");
     assert!(report.contains("- no session service"), "{report}");
     // Its manager's virtual media: a CD and a floppy drive, empty. sushy's
     // fake driver keeps no BIOS (only its libvirt driver does).
-    let media = fact(&report, "virtual media");
+    let media = probe_fact(&report, "virtual media");
     assert!(media.iter().any(|m| m.starts_with("Cd (") && m.contains("empty; InsertMedia")), "{report}");
     assert!(media.iter().any(|m| m.starts_with("Floppy (")), "{report}");
-    assert_eq!(fact(&report, "BIOS"), ["(not offered)"], "{report}");
+    assert_eq!(probe_fact(&report, "BIOS"), ["(not offered)"], "{report}");
     // The machine was left as it was: still on, no override set.
     let (_, after) = sushy.get(&format!("/redfish/v1/Systems/{UUID_B}")).await;
     assert_eq!(after["PowerState"], system["PowerState"]);

@@ -9,7 +9,7 @@
 //! through the kubeconfig) or from the command line, the password on stdin
 //! only, so that it shows in no process list or shell history.
 
-use super::{BmcAddress, BmcOptions, Credentials, Description, connect};
+use super::{BmcAddress, BmcError, BmcOptions, Credentials, Description, connect};
 use crate::api::node::HardwareDetails;
 use crate::controller::node::pool::read_credentials;
 use std::fmt::Write as _;
@@ -92,7 +92,7 @@ enum ProbeError {
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
     #[error("{0}")]
-    Address(super::BmcError),
+    Address(BmcError),
     #[error("cannot reach the API server for the credentials Secret: {0}")]
     Client(kube::Error),
     #[error("{0}")]
@@ -109,7 +109,9 @@ pub fn main(args: BmcArgs) -> Result<(), Box<dyn std::error::Error>> {
     let BmcCommand::Probe(args) = args.command;
     let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(ProbeError::Runtime)?;
-    let report = runtime.block_on(probe_command(&args))?;
+    // Read before the runtime starts: stdin is a blocking read.
+    let password = if args.password_stdin { Some(read_password()?) } else { None };
+    let report = runtime.block_on(probe_command(&args, password))?;
     match args.output {
         Output::Text => print!("{}", report.text()),
         Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
@@ -121,7 +123,18 @@ pub fn main(args: BmcArgs) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-async fn probe_command(args: &ProbeArgs) -> Result<Report, ProbeError> {
+/// The first line of stdin.
+fn read_password() -> Result<String, ProbeError> {
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line).map_err(|e| ProbeError::Password(e.to_string()))?;
+    let password = line.trim_end_matches(['\n', '\r']);
+    if password.is_empty() {
+        return Err(ProbeError::Password("stdin gave no password".into()));
+    }
+    Ok(password.to_string())
+}
+
+async fn probe_command(args: &ProbeArgs, password: Option<String>) -> Result<Report, ProbeError> {
     let address = BmcAddress::parse(&args.address).map_err(ProbeError::Address)?;
     let credentials = match (&args.credentials_secret, &args.username) {
         (Some(secret), _) => {
@@ -130,15 +143,7 @@ async fn probe_command(args: &ProbeArgs) -> Result<Report, ProbeError> {
             let secrets = kube::Api::namespaced(client, &namespace);
             read_credentials(&secrets, secret).await.map_err(ProbeError::Credentials)?.0
         }
-        (None, Some(username)) => {
-            let mut line = String::new();
-            std::io::stdin().read_line(&mut line).map_err(|e| ProbeError::Password(e.to_string()))?;
-            let password = line.trim_end_matches(['\n', '\r']);
-            if password.is_empty() {
-                return Err(ProbeError::Password("stdin gave no password".into()));
-            }
-            Credentials::new(username.clone(), password)
-        }
+        (None, Some(username)) => Credentials::new(username.clone(), password.unwrap_or_default()),
         (None, None) => unreachable!("clap requires --credentials-secret or --username"),
     };
     let ca_bundle = match &args.ca_file {
@@ -160,51 +165,44 @@ async fn probe_command(args: &ProbeArgs) -> Result<Report, ProbeError> {
 /// and only a failed connection stops the rest.
 pub async fn probe(address: &BmcAddress, credentials: Credentials, options: BmcOptions) -> Report {
     let mut report = Report { address: address.to_string(), ..Default::default() };
-    let start = Instant::now();
-    let bmc = match connect(address, credentials, options).await {
-        Ok(bmc) => {
-            report.steps.push(step("connect", start, Ok("logged in; system found".into())));
-            bmc
-        }
-        Err(e) => {
-            report.steps.push(step("connect", start, Err(e.to_string())));
-            return report;
-        }
-    };
-    let start = Instant::now();
-    let result = bmc.identity().await.map(|id| {
+    let connected =
+        step(&mut report, "connect", connect(address, credentials, options), |_| "logged in; system found".into());
+    let Some(bmc) = connected.await else { return report };
+    step(&mut report, "identity", bmc.identity(), |id| {
         let uuid = id.uuid.as_deref().unwrap_or("(no UUID)");
         let serial = id.serial_number.as_deref().unwrap_or("(no serial)");
-        let name = [id.vendor, id.model].into_iter().flatten().collect::<Vec<_>>().join(" ");
+        let name = [id.vendor.as_deref(), id.model.as_deref()].into_iter().flatten().collect::<Vec<_>>().join(" ");
         format!("{name}, serial {serial}, {uuid}").trim_start_matches(", ").to_string()
+    })
+    .await;
+    step(&mut report, "power state", bmc.power_state(), |p| p.as_str().to_string()).await;
+    step(&mut report, "inventory", bmc.inventory(), inventory_line).await;
+    let described = step(&mut report, "describe", bmc.describe(), |d| {
+        format!("{} facts, {} quirks", d.facts.len(), d.quirks.len())
     });
-    report.steps.push(step("identity", start, result.map_err(|e| e.to_string())));
-    let start = Instant::now();
-    let result = bmc.power_state().await.map(|p| p.as_str().to_string());
-    report.steps.push(step("power state", start, result.map_err(|e| e.to_string())));
-    let start = Instant::now();
-    let result = bmc.inventory().await.map(|h| inventory_line(&h));
-    report.steps.push(step("inventory", start, result.map_err(|e| e.to_string())));
-    let start = Instant::now();
-    match bmc.describe().await {
-        Ok(description) => {
-            let seen = format!("{} facts, {} quirks", description.facts.len(), description.quirks.len());
-            report.steps.push(step("describe", start, Ok(seen)));
-            report.description = description;
-        }
-        Err(e) => report.steps.push(step("describe", start, Err(e.to_string()))),
-    }
-    let start = Instant::now();
-    let result = bmc.close().await.map(|()| "done (its session, if any, deleted)".to_string());
-    report.steps.push(step("close", start, result.map_err(|e| e.to_string())));
+    report.description = described.await.unwrap_or_default();
+    step(&mut report, "close", bmc.close(), |()| "done (its session, if any, deleted)".to_string()).await;
     report
 }
 
-fn step(what: &str, start: Instant, result: Result<String, String>) -> Step {
+/// Makes one call to the BMC and records it as a step of `report`, with its
+/// time and what `shown` says of its answer (or why it failed); gives the
+/// answer back.
+async fn step<T>(
+    report: &mut Report,
+    what: &str,
+    call: impl std::future::Future<Output = Result<T, BmcError>>,
+    shown: impl FnOnce(&T) -> String,
+) -> Option<T> {
+    let start = Instant::now();
+    let result = call.await;
     let seconds = (start.elapsed().as_secs_f64() * 1000.0).round() / 1000.0;
-    let ok = result.is_ok();
-    let detail = result.unwrap_or_else(|e| e);
-    Step { what: what.to_string(), seconds, ok, detail }
+    let (ok, detail) = match &result {
+        Ok(value) => (true, shown(value)),
+        Err(e) => (false, e.to_string()),
+    };
+    report.steps.push(Step { what: what.to_string(), seconds, ok, detail });
+    result.ok()
 }
 
 /// The inventory in one line: processors, memory, NICs, disks, firmware.

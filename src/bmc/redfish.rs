@@ -354,6 +354,7 @@ pub fn read_untrusted(body: &[u8]) -> HardwareDetails {
     let _: Collection = each(body);
     let _: ActionInfo = each(body);
     let _: model::Session = each(body);
+    let _: model::Storage = each(body);
     let _ = model::ErrorBody::message(body);
     let parts = inventory::Parts {
         system: each(body),
@@ -364,7 +365,6 @@ pub fn read_untrusted(body: &[u8]) -> HardwareDetails {
         simple_storage: vec![each(body)],
         manager: Some(each(body)),
     };
-    let _: model::Storage = each(body);
     inventory::hardware(&parts)
 }
 

@@ -144,6 +144,17 @@ pub fn helm() -> Command {
     cmd
 }
 
+/// The value of fact `what` in `girder bmc probe`'s text report.
+pub fn probe_fact<'a>(report: &'a str, what: &str) -> Vec<&'a str> {
+    let seen = report.split("What girder sees:\n").nth(1).unwrap_or_default();
+    let seen = seen.split("Quirks girder works around:").next().unwrap_or_default();
+    seen.lines()
+        .filter_map(|l| l.strip_prefix("  ")?.strip_prefix(what)?.strip_prefix(' '))
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .collect()
+}
+
 /// `girder ARGS` with `stdin` as its input: (succeeded, stdout, stderr).
 pub fn girder_cli(args: &[&str], stdin: &str) -> (bool, String, String) {
     use std::io::Write as _;

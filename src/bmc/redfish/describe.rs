@@ -4,10 +4,10 @@
 //! the driver works around. Read as loose JSON: a probe reports what is
 //! there rather than failing on what is not.
 
+use super::model::Link;
 use super::model::blank_uuid;
-use super::{MAX_MEMBERS, RedfishClient, contains, member_paths, reset_type};
+use super::{RedfishClient, contains, member_paths, reset_type};
 use crate::bmc::{AuthMode, BmcError, Description, PowerAction};
-use reqwest::Method;
 use serde_json::Value;
 
 /// The string at `pointer` in `value`, if it is one.
@@ -22,28 +22,9 @@ fn strings(value: &Value, pointer: &str) -> Option<Vec<String>> {
 }
 
 impl RedfishClient {
-    /// A resource as JSON; `None` when the BMC does not have it.
-    async fn json(&self, path: &str) -> Result<Option<Value>, BmcError> {
-        self.get_optional::<Value>(path).await
-    }
-
-    /// The members of the collection at `path`, each as JSON.
-    async fn json_members(&self, path: &str) -> Result<Vec<Value>, BmcError> {
-        let Some(collection) = self.json(path).await? else { return Ok(Vec::new()) };
-        let mut items = Vec::new();
-        for member in collection.get("Members").and_then(Value::as_array).into_iter().flatten().take(MAX_MEMBERS) {
-            if let Some(id) = text(member, "/@odata.id")
-                && let Some(item) = self.json(id).await?
-            {
-                items.push(item);
-            }
-        }
-        Ok(items)
-    }
-
     pub(super) async fn describe_bmc(&self) -> Result<Description, BmcError> {
         let mut out = Description::default();
-        let root = self.json("/redfish/v1/").await?.unwrap_or(Value::Null);
+        let root = self.get_optional::<Value>("/redfish/v1/").await?.unwrap_or(Value::Null);
         let service = [text(&root, "/Vendor"), text(&root, "/Product")].into_iter().flatten().collect::<Vec<_>>();
         out.fact(
             "service",
@@ -67,11 +48,10 @@ impl RedfishClient {
         out.fact("systems", systems.join(", "));
         out.fact("system", self.system.path.clone());
 
-        let what = format!("GET {}", self.system.path);
-        let reply = self.transport.send(Method::GET, &self.system.path, None, None).await?;
-        let reply = self.transport.check(reply, &what)?;
-        let system: Value = serde_json::from_slice(&reply.body)
-            .map_err(|e| self.transport.invalid(&what, format!("not a Redfish JSON resource: {e}")))?;
+        // Read as loose JSON too, for what the model leaves out (BIOS,
+        // virtual media, the raw UUID).
+        let (_, reply) = self.get_system().await?;
+        let system: Value = serde_json::from_slice(&reply.body).unwrap_or(Value::Null);
         let model = [text(&system, "/Manufacturer"), text(&system, "/Model")].into_iter().flatten();
         out.fact("machine", model.collect::<Vec<_>>().join(" "));
         if let Some(uuid) = text(&system, "/UUID").filter(|u| blank_uuid(u)) {
@@ -123,7 +103,7 @@ impl RedfishClient {
 
         match text(&system, "/Bios/@odata.id") {
             Some(path) => {
-                let bios = self.json(path).await?.unwrap_or(Value::Null);
+                let bios = self.get_optional::<Value>(path).await?.unwrap_or(Value::Null);
                 let count = bios.get("Attributes").and_then(Value::as_object).map(|a| a.len()).unwrap_or(0);
                 let settings =
                     text(&bios, "/@Redfish.Settings/SettingsObject/@odata.id").unwrap_or("(no settings object)");
@@ -136,7 +116,7 @@ impl RedfishClient {
         // manager on most.
         let manager_path = text(&system, "/Links/ManagedBy/0/@odata.id").map(str::to_string);
         let manager = match &manager_path {
-            Some(path) => self.json(path).await?,
+            Some(path) => self.get_optional::<Value>(path).await?,
             None => None,
         };
         if let Some(manager) = &manager {
@@ -151,10 +131,7 @@ impl RedfishClient {
         let media_path = text(&system, "/VirtualMedia/@odata.id")
             .or_else(|| manager.as_ref().and_then(|m| text(m, "/VirtualMedia/@odata.id")))
             .map(str::to_string);
-        let media = match &media_path {
-            Some(path) => self.json_members(path).await?,
-            None => Vec::new(),
-        };
+        let media: Vec<Value> = self.get_members(&media_path.map(|id| Link { id: Some(id) })).await?;
         if media.is_empty() {
             out.fact("virtual media", "(not offered)");
         }

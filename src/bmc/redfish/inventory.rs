@@ -44,8 +44,7 @@ fn cpu(parts: &Parts) -> Option<CpuDetails> {
     let summary = parts.system.processor_summary.as_ref();
     let sum = |f: fn(&Processor) -> Option<i64>| -> Option<i64> {
         let values: Vec<i64> = cpus.iter().filter_map(|p| f(p)).collect();
-        // Saturating: a BMC's numbers are not trusted to add up.
-        (!values.is_empty()).then(|| values.iter().fold(0i64, |sum, v| sum.saturating_add(*v)))
+        (!values.is_empty()).then(|| saturating_sum(&values))
     };
     let details = CpuDetails {
         model: cpus.iter().find_map(|p| p.model.clone()).or_else(|| summary.and_then(|s| s.model.clone())),
@@ -55,6 +54,11 @@ fn cpu(parts: &Parts) -> Option<CpuDetails> {
         architecture: cpus.iter().find_map(|p| architecture(p)),
     };
     (details != CpuDetails::default()).then_some(details)
+}
+
+/// A BMC's numbers are not trusted to add up: their sum saturates.
+fn saturating_sum(values: &[i64]) -> i64 {
+    values.iter().fold(0, |sum, v| sum.saturating_add(*v))
 }
 
 fn to_i32(n: i64) -> Option<i32> {
@@ -98,7 +102,7 @@ fn memory_mebibytes(parts: &Parts) -> Option<i64> {
             .filter_map(|m| m.capacity_mib)
             .filter(|mib| *mib > 0)
             .collect();
-        (!modules.is_empty()).then(|| modules.iter().fold(0i64, |sum, v| sum.saturating_add(*v)))
+        (!modules.is_empty()).then(|| saturating_sum(&modules))
     })
 }
 
