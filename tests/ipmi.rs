@@ -87,6 +87,36 @@ async fn power_actions_reach_the_simulator_and_ipmitool_sees_them() {
     client.close().await.unwrap();
 }
 
+/// A hard reset whose answer is slow (ipmi_sim answers a Chassis Control
+/// only when its chassis program is done: here after two seconds, longer
+/// than the driver waits before sending a request again) happens once: a
+/// reset is never sent twice, as ipmi_sim, like many BMCs, runs every copy
+/// it receives (a power cycle is sent the same way).
+#[tokio::test]
+async fn a_slowly_answered_hard_reset_happens_once() {
+    let chassis = support::TempDir::new("girder-chassis");
+    let program = chassis.0.join("chassis");
+    let script = format!(
+        "#!/bin/sh\n[ \"$1\" != set ] || sleep 2\nexec {} chassis {} \"$@\"\n",
+        support::repo_root().join("e2e/ipmi.sh").display(),
+        chassis.0.display()
+    );
+    std::fs::write(&program, script).unwrap();
+    std::fs::set_permissions(&program, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::write(chassis.0.join("power"), "1\n").unwrap();
+    let sim =
+        Sim::start(SimConfig { chassis_control: Some(program.display().to_string()), ..Default::default() }).await;
+    let client = sim.connect().await;
+    let actions = || std::fs::read_to_string(chassis.0.join("actions")).unwrap_or_default();
+
+    client.power(PowerAction::ForceRestart).await.unwrap();
+    // ipmi_sim takes requests in order: once it has answered a later one,
+    // it has run every copy of the reset it received.
+    client.power_state().await.unwrap();
+    assert_eq!(actions(), "reset 1\n");
+    client.close().await.unwrap();
+}
+
 /// The `data : 0x05 ...` ipmitool sends for Set System Boot Options
 /// parameter 5, read from its `-vvvv` trace.
 fn ipmitool_boot_flags_request(sim: &Sim, args: &[&str]) -> Vec<u8> {

@@ -7,7 +7,9 @@
 //!   reused, replaced when the BMC dropped it or after a long idle, closed by
 //!   [`IpmiClient::close`] (and, without waiting, on drop).
 //! - Every request: a timeout ([`BmcOptions::timeout`]), retransmission at
-//!   growing intervals, one request at a time per BMC.
+//!   growing intervals, one request at a time per BMC. A hard reset and a
+//!   power cycle are the exception: sent once, never again (a BMC without
+//!   duplicate detection would run every copy).
 //! - Power: Get Chassis Status and Chassis Control (power up, power down,
 //!   power cycle, hard reset, soft shutdown). Boot device: Set System Boot
 //!   Options, boot flags (PXE, disk or CD; UEFI or Legacy; next boot or
@@ -340,7 +342,14 @@ impl Bmc for IpmiClient {
         };
         let code = commands::chassis_control_code(sent);
         let what = format!("Chassis Control ({sent})");
-        let response = self.transport.request(&what, NETFN_CHASSIS, commands::CHASSIS_CONTROL, &[code]).await?;
+        // A reset or a power cycle repeated is a second one: sent at most
+        // once, on the session the power state was just read through.
+        let response = match sent {
+            PowerAction::PowerCycle | PowerAction::ForceRestart => {
+                self.transport.request_once(&what, NETFN_CHASSIS, commands::CHASSIS_CONTROL, &[code]).await?
+            }
+            _ => self.transport.request(&what, NETFN_CHASSIS, commands::CHASSIS_CONTROL, &[code]).await?,
+        };
         if response.completion_code == 0 {
             tracing::info!(bmc = %self.transport.bmc, %action, "power action accepted");
             return Ok(());

@@ -31,6 +31,21 @@ const MAX_DATAGRAM: usize = 2048;
 /// RAKP 3 status sent when the BMC's RAKP 2 did not verify.
 const STATUS_INVALID_INTEGRITY_CHECK: u8 = 0x0f;
 
+/// How often a request may reach the BMC.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Delivery {
+    /// Sent again until answered: reads, and requests whose repetition
+    /// changes nothing (power up, power down, boot flags).
+    Repeatable,
+    /// Sent once, its answer waited for until the deadline: a request whose
+    /// repetition would act twice (a hard reset, a power cycle). IPMI leaves
+    /// duplicate detection to the BMC and many have none (ipmi_sim has
+    /// none): a hard reset answered slowly and retransmitted resets the
+    /// machine twice, and the second reset boots past the one-time boot
+    /// device the first one used.
+    AtMostOnce,
+}
+
 pub(super) struct Transport {
     /// The BMC's address, for errors and logs.
     pub bmc: String,
@@ -127,6 +142,26 @@ impl Transport {
     /// that was in use gets no answer, it is replaced once (the BMC may have
     /// dropped it, or restarted).
     pub async fn request(&self, what: &str, netfn: u8, cmd: u8, data: &[u8]) -> Result<IpmiResponse, BmcError> {
+        self.request_with(what, netfn, cmd, data, Delivery::Repeatable).await
+    }
+
+    /// [`Transport::request`], for a request whose repetition would act
+    /// twice: sent once and waited for until the timeout, never sent again
+    /// (neither retransmitted nor re-sent in a new session). The caller
+    /// should have used the session just before (a read), so that a session
+    /// the BMC dropped is found out by the read, not by this request.
+    pub async fn request_once(&self, what: &str, netfn: u8, cmd: u8, data: &[u8]) -> Result<IpmiResponse, BmcError> {
+        self.request_with(what, netfn, cmd, data, Delivery::AtMostOnce).await
+    }
+
+    async fn request_with(
+        &self,
+        what: &str,
+        netfn: u8,
+        cmd: u8,
+        data: &[u8],
+        delivery: Delivery,
+    ) -> Result<IpmiResponse, BmcError> {
         let mut state = self.state.lock().await;
         let started = Instant::now();
         let deadline = started + self.timeout;
@@ -141,13 +176,14 @@ impl Transport {
         }
         // A reused session gets half the time: enough for any live BMC, and
         // it leaves time to open a new one if this one is gone.
-        let first_deadline = if reused { started + self.timeout / 2 } else { deadline };
-        let response = match self.send(&mut state, what, netfn, cmd, data, first_deadline).await {
-            Err(BmcError::Timeout { .. } | BmcError::InvalidResponse { .. }) if reused => {
+        let retry_elsewhere = reused && delivery == Delivery::Repeatable;
+        let first_deadline = if retry_elsewhere { started + self.timeout / 2 } else { deadline };
+        let response = match self.send(&mut state, what, (netfn, cmd, data), first_deadline, delivery).await {
+            Err(BmcError::Timeout { .. } | BmcError::InvalidResponse { .. }) if retry_elsewhere => {
                 tracing::info!(bmc = %self.bmc, what, "no answer in the session: the BMC may have dropped it; opening a new one");
                 state.session = None;
                 self.open(&mut state, deadline).await?;
-                self.send(&mut state, what, netfn, cmd, data, deadline).await?
+                self.send(&mut state, what, (netfn, cmd, data), deadline, delivery).await?
             }
             other => other?,
         };
@@ -166,8 +202,15 @@ impl Transport {
         };
         let id = session.bmc_id.to_le_bytes();
         let deadline = Instant::now() + self.timeout;
-        let result =
-            self.send(&mut state, "Close Session", commands::NETFN_APP, commands::CLOSE_SESSION, &id, deadline).await;
+        let result = self
+            .send(
+                &mut state,
+                "Close Session",
+                (commands::NETFN_APP, commands::CLOSE_SESSION, &id),
+                deadline,
+                Delivery::Repeatable,
+            )
+            .await;
         state.session = None;
         match result {
             Ok(response) if response.completion_code != 0 => {
@@ -247,15 +290,16 @@ impl Transport {
 
     /// Sends what `build` makes until `accept` takes an answer, again at
     /// growing intervals (each retransmission built anew, so it takes a new
-    /// sequence number), until `deadline`. Datagrams `accept` passes over
-    /// (`Ok(None)`: late answers to earlier requests) are dropped; malformed
-    /// ones too, and the last such problem is the error if nothing better
-    /// arrives in time.
+    /// sequence number) unless `delivery` says once, until `deadline`.
+    /// Datagrams `accept` passes over (`Ok(None)`: late answers to earlier
+    /// requests) are dropped; malformed ones too, and the last such problem
+    /// is the error if nothing better arrives in time.
     async fn exchange<T>(
         &self,
         socket: &UdpSocket,
         what: &str,
         deadline: Instant,
+        delivery: Delivery,
         mut build: impl FnMut() -> Vec<u8>,
         mut accept: impl FnMut(&[u8]) -> Result<Option<T>, String>,
     ) -> Result<T, BmcError> {
@@ -271,7 +315,10 @@ impl Transport {
                 });
             }
             socket.send(&build()).await.map_err(|e| self.io_error(what, e))?;
-            let resend_at = (now + wait).min(deadline);
+            let resend_at = match delivery {
+                Delivery::Repeatable => (now + wait).min(deadline),
+                Delivery::AtMostOnce => deadline,
+            };
             wait = (wait * 2).min(MAX_RETRY);
             loop {
                 let received = match tokio::time::timeout_at(resend_at, socket.recv(&mut buf)).await {
@@ -295,10 +342,9 @@ impl Transport {
         &self,
         state: &mut State,
         what: &str,
-        netfn: u8,
-        cmd: u8,
-        data: &[u8],
+        (netfn, cmd, data): (u8, u8, &[u8]),
         deadline: Instant,
+        delivery: Delivery,
     ) -> Result<IpmiResponse, BmcError> {
         let State { socket: Some(socket), session: Some(session), rq_seq, .. } = state else {
             return Err(self.invalid(what, "no session is open".into()));
@@ -311,6 +357,7 @@ impl Transport {
             socket,
             what,
             deadline,
+            delivery,
             || session.next_packet(&message),
             |datagram| match packet::parse_packet(datagram, Some(&session.keys))? {
                 Inbound::V20 { payload_type: 0x00, session_id, payload, .. } if session_id == session.console_id => {
@@ -380,6 +427,7 @@ impl Transport {
                 socket,
                 what,
                 deadline,
+                Delivery::Repeatable,
                 || packet::v15_packet(&message),
                 |datagram| match packet::parse_packet(datagram, None)? {
                     Inbound::V15 { payload, .. } => {
@@ -434,6 +482,7 @@ impl Transport {
                 socket,
                 &what,
                 deadline,
+                Delivery::Repeatable,
                 || packet::v20_packet(PayloadType::OpenSessionRequest, 0, 0, &request, None),
                 |datagram| match packet::parse_packet(datagram, None)? {
                     Inbound::V20 { payload_type, payload, .. }
@@ -487,6 +536,7 @@ impl Transport {
                 socket,
                 what,
                 deadline,
+                Delivery::Repeatable,
                 || packet::v20_packet(PayloadType::Rakp1, 0, 0, &rakp1, None),
                 |datagram| match packet::parse_packet(datagram, None)? {
                     Inbound::V20 { payload_type, payload, .. } if payload_type == PayloadType::Rakp2 as u8 => {
@@ -545,6 +595,7 @@ impl Transport {
                 socket,
                 what,
                 deadline,
+                Delivery::Repeatable,
                 || packet::v20_packet(PayloadType::Rakp3, 0, 0, &rakp3, None),
                 |datagram| match packet::parse_packet(datagram, None)? {
                     Inbound::V20 { payload_type, payload, .. } if payload_type == PayloadType::Rakp4 as u8 => {
@@ -586,7 +637,13 @@ impl Transport {
     async fn set_privilege(&self, state: &mut State, privilege: Privilege, deadline: Instant) -> Result<(), BmcError> {
         let what = "Set Session Privilege Level";
         let result = self
-            .send(state, what, commands::NETFN_APP, commands::SET_SESSION_PRIVILEGE_LEVEL, &[privilege as u8], deadline)
+            .send(
+                state,
+                what,
+                (commands::NETFN_APP, commands::SET_SESSION_PRIVILEGE_LEVEL, &[privilege as u8]),
+                deadline,
+                Delivery::Repeatable,
+            )
             .await;
         let refusal = match result {
             Ok(response) if response.completion_code == 0 => return Ok(()),
