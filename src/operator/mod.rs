@@ -75,6 +75,10 @@ pub struct OperatorArgs {
     /// (spec.powerOffMode Soft), in seconds, before power is forced off.
     #[arg(long, default_value_t = 180, value_parser = clap::value_parser!(u64).range(1..))]
     soft_power_off_timeout: u64,
+    /// How long a BMC may take to carry out a power request, in seconds,
+    /// before it is asked again (the power is read meanwhile).
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    power_change_timeout: u64,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -196,6 +200,7 @@ async fn lead(
             installed_agent_timeout: Duration::from_secs(args.installed_agent_timeout),
             agent_poll_interval: Duration::from_secs(args.agent_lease_duration.clamp(2, 20) / 2),
             soft_power_off_timeout: Duration::from_secs(args.soft_power_off_timeout),
+            power_change_timeout: Duration::from_secs(args.power_change_timeout),
         },
         bmc_timeout: Duration::from_secs(args.bmc_timeout),
         max_concurrent_reconciles: args.max_concurrent_node_reconciles,

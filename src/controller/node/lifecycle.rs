@@ -51,6 +51,10 @@ pub struct Settings {
     /// How long an installed system may take to shut down when asked,
     /// before power is forced off (spec.powerOffMode Soft).
     pub soft_power_off_timeout: Duration,
+    /// How long a BMC may take to carry out a power request (BMCs apply
+    /// them seconds later, some only after a minute) before it is asked
+    /// again.
+    pub power_change_timeout: Duration,
 }
 
 impl Default for Settings {
@@ -61,6 +65,7 @@ impl Default for Settings {
             installed_agent_timeout: Duration::from_secs(20 * 60),
             agent_poll_interval: Duration::from_secs(10),
             soft_power_off_timeout: Duration::from_secs(180),
+            power_change_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -97,6 +102,9 @@ pub struct Facts {
     pub power: Option<PowerState>,
     /// The power action asked for in this reconcile, if any.
     pub power_requested: Option<PowerAction>,
+    /// The last power action this process asked of the node's BMC, and
+    /// when (kept between reconciles, until the power is what it asked for).
+    pub power_asked: Option<(PowerAction, jiff::Timestamp)>,
     /// The agent Secret of the session in status was (re)created in this reconcile.
     pub session_opened: bool,
     /// The boot into girder's ramdisk was asked of the BMC in this reconcile.
@@ -122,6 +130,7 @@ impl Facts {
             inventory: None,
             power: None,
             power_requested: None,
+            power_asked: None,
             session_opened: false,
             booted_ramdisk: false,
             booted_disk: false,
@@ -734,6 +743,15 @@ fn power(node: &Node, mut d: Decision, facts: &Facts, settings: &Settings) -> De
     } else if let Some(action) = power_action(node.spec.online, actual) {
         let since = d.status.soft_power_off_since.as_ref().map(|t| t.0);
         match power_off_step(action, soft_off(node, &d.status), since, facts.now, settings.soft_power_off_timeout) {
+            // Asked already, and the BMC may still be carrying it out: asking
+            // again would not make it sooner (some BMCs start over).
+            Some(action) if awaiting(facts, action, settings.power_change_timeout) => {
+                shown = if action.target_state() == PowerState::On {
+                    PowerState::PoweringOn
+                } else {
+                    PowerState::PoweringOff
+                };
+            }
             Some(action) => {
                 if action == PowerAction::GracefulShutdown {
                     d.status.soft_power_off_since = Some(Time(facts.now));
@@ -762,6 +780,11 @@ fn power(node: &Node, mut d: Decision, facts: &Facts, settings: &Settings) -> De
     let changing = matches!(shown, PowerState::PoweringOn | PowerState::PoweringOff);
     d.requeue = Requeue::After(if changing { Duration::from_secs(5) } else { settings.power_poll_interval });
     d
+}
+
+/// Whether `action` was asked of the BMC less than `timeout` ago.
+fn awaiting(facts: &Facts, action: PowerAction, timeout: Duration) -> bool {
+    facts.power_asked.is_some_and(|(asked, at)| asked == action && facts.now < at + timeout)
 }
 
 // ---------------------------------------------------------------------------

@@ -11,6 +11,11 @@ struct World {
     power: PowerState,
     /// The installed system does not shut down when asked.
     ignores_shutdown: bool,
+    /// The BMC takes power requests but carries them out later (the test
+    /// sets `power` when it does).
+    slow_power: bool,
+    /// The last power action asked and when, as the controller keeps it.
+    asked: Option<(PowerAction, jiff::Timestamp)>,
     /// Every I/O asked for, in order.
     log: Vec<Io>,
     sessions: u32,
@@ -23,6 +28,8 @@ impl World {
         World {
             power: PowerState::Off,
             ignores_shutdown: false,
+            slow_power: false,
+            asked: None,
             log: Vec::new(),
             sessions: 0,
             now: 1_000_000,
@@ -32,11 +39,13 @@ impl World {
 
     fn facts(&mut self) -> Facts {
         self.sessions += 1;
-        Facts::new(
+        let mut facts = Facts::new(
             jiff::Timestamp::from_second(self.now).unwrap(),
             format!("s{}", self.sessions),
             self.liveness.clone(),
-        )
+        );
+        facts.power_asked = self.asked;
+        facts
     }
 
     /// One reconcile: decide and do until nothing is left; returns the last decision.
@@ -58,12 +67,21 @@ impl World {
                 Io::InspectOutOfBand => {
                     facts.inventory = Some(HardwareDetails { model: Some("Standard PC".into()), ..Default::default() })
                 }
-                Io::ReadPower => facts.power = Some(self.power),
+                Io::ReadPower => {
+                    facts.power = Some(self.power);
+                    // Forgotten once the power is what was asked for.
+                    self.asked = self.asked.filter(|(action, _)| action.target_state() != self.power);
+                    facts.power_asked = self.asked;
+                }
                 Io::Power(action) => {
-                    if !(action == PowerAction::GracefulShutdown && self.ignores_shutdown) {
+                    let ignored =
+                        self.slow_power || (action == PowerAction::GracefulShutdown && self.ignores_shutdown);
+                    if !ignored {
                         self.power = action.target_state();
                     }
                     facts.power_requested = Some(action);
+                    self.asked = Some((action, facts.now));
+                    facts.power_asked = self.asked;
                 }
                 Io::BootRamdisk => {
                     self.power = PowerState::On;
@@ -100,6 +118,7 @@ fn settings() -> Settings {
         installed_agent_timeout: Duration::from_secs(900),
         agent_poll_interval: Duration::from_secs(10),
         soft_power_off_timeout: Duration::from_secs(180),
+        power_change_timeout: Duration::from_secs(60),
     }
 }
 
@@ -227,6 +246,43 @@ fn a_redfish_node_registers_is_inspected_out_of_band_and_keeps_power_as_asked() 
     assert_eq!(world.log, [Io::ReadPower], "steady state: one power read");
     assert_eq!(cond(&status, "Ready"), (ConditionStatus::True, "AsDesired".into()));
     assert_eq!(d.requeue, Requeue::After(Duration::from_secs(60)));
+}
+
+#[test]
+fn a_power_request_is_not_repeated_while_the_bmc_may_still_carry_it_out() {
+    let mut world = World::new();
+    let mut status = available(&mut world, &spec());
+    world.slow_power = true;
+    let spec = BareMetalNodeSpec { online: true, ..spec() };
+    world.log.clear();
+    world.reconcile(&node(&spec), &mut status);
+    assert_eq!(world.log, [Io::ReadPower, Io::Power(PowerAction::On)]);
+    // Every 5 s the power is read, and the request not sent again for the
+    // 60 s the BMC is given to carry it out.
+    for _ in 0..11 {
+        world.later(5);
+        world.log.clear();
+        let d = world.reconcile(&node(&spec), &mut status);
+        assert_eq!(world.log, [Io::ReadPower]);
+        assert_eq!(status.power_state.as_deref(), Some("PoweringOn"));
+        assert_eq!(d.requeue, Requeue::After(Duration::from_secs(5)));
+    }
+    world.later(5);
+    world.log.clear();
+    world.reconcile(&node(&spec), &mut status);
+    assert_eq!(world.log, [Io::ReadPower, Io::Power(PowerAction::On)], "asked again after 60 s");
+    // The BMC does it: the request is forgotten, and a later change of the
+    // spec is asked for at once.
+    world.power = PowerState::On;
+    world.later(5);
+    world.log.clear();
+    world.reconcile(&node(&spec), &mut status);
+    assert_eq!((world.log.as_slice(), status.power_state.as_deref()), ([Io::ReadPower].as_slice(), Some("On")));
+    assert_eq!(world.asked, None);
+    let off = BareMetalNodeSpec { online: false, power_off_mode: PowerOffMode::Hard, ..spec };
+    world.log.clear();
+    world.reconcile(&node(&off), &mut status);
+    assert_eq!(world.log, [Io::ReadPower, Io::Power(PowerAction::ForceOff)]);
 }
 
 #[test]

@@ -39,6 +39,7 @@ use kube::{Api, Resource, ResourceExt};
 use lifecycle::{Decision, Facts, Io, Liveness, Requeue};
 use pool::{BmcPool, ConnectError};
 use rand::Rng;
+use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -71,6 +72,9 @@ struct NodeContext {
     /// This controller's own backoff: another controller's success must
     /// never reset it (a refused password would be retried every second).
     backoff: Backoff,
+    /// The last power action asked of each node's BMC and when, until its
+    /// power is what was asked for ([`lifecycle::Facts::power_asked`]).
+    power_asked: std::sync::Mutex<HashMap<String, (PowerAction, jiff::Timestamp)>>,
 }
 
 /// Which condition a failure speaks to.
@@ -158,6 +162,20 @@ struct Written {
 impl Written {
     fn of(node: &BareMetalNode) -> Self {
         Self { status: node.status.clone().unwrap_or_default(), version: node.resource_version() }
+    }
+}
+
+impl NodeContext {
+    /// The last power action asked of the node's BMC, if its power (when
+    /// just read) is not yet what was asked for; forgotten once it is.
+    fn power_asked(&self, node_key: &str, power: Option<PowerState>) -> Option<(PowerAction, jiff::Timestamp)> {
+        let mut asked = self.power_asked.lock().unwrap_or_else(|e| e.into_inner());
+        let last = asked.get(node_key).copied()?;
+        if power == Some(last.0.target_state()) {
+            asked.remove(node_key);
+            return None;
+        }
+        Some(last)
     }
 }
 
@@ -319,6 +337,7 @@ impl Executor<'_> {
         let fresh_id = format!("{:012x}", rand::rng().random::<u64>() & 0xffff_ffff_ffff);
         let mut facts =
             Facts::new(jiff::Timestamp::now(), fresh_id, liveness(lease.as_deref(), jiff::Timestamp::now()));
+        facts.power_asked = nc.power_asked(self.node_key, None);
         if let (Some(spec), Some(address)) = (node.spec.bmc.as_ref(), address.as_ref())
             && !node.spec.maintenance
         {
@@ -401,7 +420,9 @@ impl Executor<'_> {
             Io::ReadPower => {
                 let bmc = self.bmc(address, "PowerManagementError").await?;
                 metrics.bmc_call("power_state");
-                facts.power = Some(bmc.power_state().await.map_err(bmc_error("PowerManagementError"))?);
+                let power = bmc.power_state().await.map_err(bmc_error("PowerManagementError"))?;
+                facts.power = Some(power);
+                facts.power_asked = self.nc.power_asked(self.node_key, Some(power));
             }
             Io::Power(action) => {
                 let bmc = self.bmc(address, "PowerManagementError").await?;
@@ -417,6 +438,9 @@ impl Executor<'_> {
                     result => result.map(|()| action).map_err(bmc_error("PowerManagementError"))?,
                 };
                 facts.power_requested = Some(action);
+                let asked = (action, jiff::Timestamp::now());
+                self.nc.power_asked.lock().unwrap_or_else(|e| e.into_inner()).insert(self.node_key.to_string(), asked);
+                facts.power_asked = Some(asked);
                 let reason = if action == PowerAction::On { "PowerOn" } else { "PowerOff" };
                 let note = format!(
                     "asked the BMC {} for {action:?} (spec.online is {})",
@@ -675,7 +699,14 @@ pub async fn run(ctx: Arc<Context>, settings: NodeSettings, shutdown: Cancellati
             futures::future::ready(())
         });
     let pool = BmcPool::new(ctx.client.clone(), secret_store, settings.bmc_timeout, ctx.metrics.clone());
-    let nc = Arc::new(NodeContext { ctx, settings, pool, leases: lease_store, backoff: Backoff::default() });
+    let nc = Arc::new(NodeContext {
+        ctx,
+        settings,
+        pool,
+        leases: lease_store,
+        backoff: Backoff::default(),
+        power_asked: Default::default(),
+    });
     let nodes = controller
         .watches_stream(secret_changes, move |secret| {
             let (namespace, name) = (secret.namespace(), secret.name_any());
