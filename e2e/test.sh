@@ -25,11 +25,12 @@ ramdisk/build.sh >"$ramdisk_out" 2>"$ramdisk_out.log" &
 ramdisk_pid=$!
 trap 'kill "$ramdisk_pid" 2>/dev/null || true; rm -f "$ramdisk_out" "$ramdisk_out.log"' EXIT
 
-step "real peers: etcd, kube-apiserver, kubectl, helm, the distribution registry (cached in $GIRDER_CACHE/bin)"
+step "real peers: etcd, kube-apiserver, kubectl, helm, the distribution registry, toxiproxy (cached in $GIRDER_CACHE/bin)"
 if [ -n "${KUBEBUILDER_ASSETS:-}" ]; then assets="$KUBEBUILDER_ASSETS"; else assets="$(e2e/tools.sh all)"; fi
 export GIRDER_KUBECTL="${GIRDER_KUBECTL:-$assets/kubectl}"
 export GIRDER_HELM="${GIRDER_HELM:-$(e2e/tools.sh helm)}"
 export GIRDER_REGISTRY="${GIRDER_REGISTRY:-$(e2e/tools.sh registry)}"
+export GIRDER_TOXIPROXY="${GIRDER_TOXIPROXY:-$(e2e/tools.sh toxiproxy)}"
 step "real peers: sushy-tools Redfish emulator (venv cached in $GIRDER_CACHE/venv)"
 e2e/sushy.sh install >/dev/null
 step "real peers: BIND 9 and dig/nsupdate (Debian bind9, bind9-dnsutils)"

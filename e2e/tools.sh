@@ -4,13 +4,15 @@
 # releases. Binaries land in $GIRDER_CACHE/bin/<name>-<version>; a second run
 # finds them there and builds nothing. `all` prints the directory of stable
 # names (etcd, kube-apiserver, kubectl, helm); `helm` prints the helm binary,
-# `registry` the distribution registry's.
+# `registry` the distribution registry's, `toxiproxy` Shopify's fault-injecting
+# TCP proxy's (the BMC fault tests put it between girder and its BMCs).
 set -euo pipefail
 
 K8S_VERSION="${K8S_VERSION:-v1.37.2}"
 ETCD_VERSION="${ETCD_VERSION:-v3.6.16}"
 HELM_VERSION="${HELM_VERSION:-v3.22.0}"
 REGISTRY_VERSION="${REGISTRY_VERSION:-v3.1.2}"
+TOXIPROXY_VERSION="${TOXIPROXY_VERSION:-v2.12.0}"
 GIRDER_CACHE="${GIRDER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/girder}"
 BIN="$GIRDER_CACHE/bin"
 WORK="$GIRDER_CACHE/build"
@@ -124,16 +126,28 @@ build_helm() {
   )
 }
 
+# go_tool NAME VERSION PACKAGE: builds PACKAGE@VERSION (a main package) once
+# into $BIN/NAME-VERSION.
+go_tool() {
+  local name="$1" version="$2" package="$3" dir
+  [ -x "$BIN/$name-$version" ] && return
+  need_go
+  dir="$WORK/$name-$version"
+  mkdir -p "$dir"
+  log "building $name $version (first run only)"
+  GOBIN="$dir" CGO_ENABLED=0 go install -trimpath -ldflags "-s -w" "$package@$version" >&2
+  mv "$dir/$(basename "$package")" "$BIN/$name-$version"
+}
+
 # The CNCF distribution registry, where the image tests push girder's image.
 build_registry() {
-  [ -x "$BIN/registry-$REGISTRY_VERSION" ] && return
-  need_go
-  local dir="$WORK/registry-$REGISTRY_VERSION"
-  mkdir -p "$dir"
-  log "building the distribution registry $REGISTRY_VERSION (first run only)"
-  GOBIN="$dir" CGO_ENABLED=0 go install -trimpath -ldflags "-s -w" \
-    "github.com/distribution/distribution/v3/cmd/registry@$REGISTRY_VERSION" >&2
-  mv "$dir/registry" "$BIN/registry-$REGISTRY_VERSION"
+  go_tool registry "$REGISTRY_VERSION" github.com/distribution/distribution/v3/cmd/registry
+}
+
+# Shopify's toxiproxy: a TCP proxy whose faults (latency, a peer that stops
+# answering, resets, answers cut short) are set through its HTTP API.
+build_toxiproxy() {
+  go_tool toxiproxy "$TOXIPROXY_VERSION" github.com/Shopify/toxiproxy/v2/cmd/server
 }
 
 # Stable names in one directory, so KUBEBUILDER_ASSETS and PATH can point at it.
@@ -153,5 +167,6 @@ case "${1:-all}" in
   kubernetes) build_kubernetes ;;
   helm) build_helm; echo "$BIN/$HELM_BIN" ;;
   registry) build_registry; echo "$BIN/registry-$REGISTRY_VERSION" ;;
-  *) echo "usage: $0 [all|etcd|kubernetes|helm|registry]" >&2; exit 2 ;;
+  toxiproxy) build_toxiproxy; echo "$BIN/toxiproxy-$TOXIPROXY_VERSION" ;;
+  *) echo "usage: $0 [all|etcd|kubernetes|helm|registry|toxiproxy]" >&2; exit 2 ;;
 esac

@@ -12,6 +12,7 @@ pub mod pxe;
 pub mod pxe_lab;
 pub mod site;
 pub mod sushy;
+pub mod toxiproxy;
 
 use girder::api;
 use girder::api::{BareMetalNode, ConditionStatus};
