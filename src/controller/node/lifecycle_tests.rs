@@ -74,8 +74,7 @@ impl World {
                     facts.power_asked = self.asked;
                 }
                 Io::Power(action) => {
-                    let ignored =
-                        self.slow_power || (action == PowerAction::GracefulShutdown && self.ignores_shutdown);
+                    let ignored = self.slow_power || (action == PowerAction::GracefulShutdown && self.ignores_shutdown);
                     if !ignored {
                         self.power = action.target_state();
                     }
