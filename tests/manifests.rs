@@ -6,10 +6,16 @@ mod support;
 use support::*;
 
 fn can_i(request: &[&str; 2], namespace: &str) -> bool {
+    can_i_as("system:serviceaccount:girder-system:girder-operator", request, &["-n", namespace])
+}
+
+/// `kubectl auth can-i` as `user`; `scope` is `-n NAMESPACE` or `-A`.
+fn can_i_as(user: &str, request: &[&str; 2], scope: &[&str]) -> bool {
     let [verb, resource] = *request;
     let (resource, subresource) = resource.split_once('/').unwrap_or((resource, ""));
     let out = kubectl()
-        .args(["auth", "can-i", "--as", "system:serviceaccount:girder-system:girder-operator", "-n", namespace])
+        .args(["auth", "can-i", "--as", user])
+        .args(scope)
         .args([verb, resource, "--subresource", subresource])
         .output()
         .expect("kubectl auth can-i");
@@ -67,7 +73,7 @@ async fn kustomize_default_and_samples_apply() {
 
     let ns = TestNamespace::new(&client, "kustomize").await;
     // The operator runs with nothing but its ServiceAccount's permissions.
-    let kubeconfig = service_account_kubeconfig(&ns.name);
+    let kubeconfig = service_account_kubeconfig(&ns.name, "girder-system", "girder-operator");
     let operator = Operator::start(OperatorOptions {
         lease_namespace: Some("girder-system"),
         kubeconfig: Some(&kubeconfig.0),
@@ -95,10 +101,9 @@ async fn kustomize_default_and_samples_apply() {
     assert!(!logs.contains("forbidden"), "the operator hit a permission it lacks:\n{logs}");
 }
 
-/// A kubeconfig holding a token of the operator's ServiceAccount.
-fn service_account_kubeconfig(name: &str) -> TempFile {
-    let token =
-        run_ok(kubectl().args(["create", "token", "girder-operator", "-n", "girder-system", "--duration", "1h"]));
+/// A kubeconfig holding a token of the ServiceAccount `namespace`/`account`.
+fn service_account_kubeconfig(name: &str, namespace: &str, account: &str) -> TempFile {
+    let token = run_ok(kubectl().args(["create", "token", account, "-n", namespace, "--duration", "1h"]));
     let cluster = run_ok(kubectl().args([
         "config",
         "view",
@@ -203,6 +208,120 @@ async fn helm_install_and_a_second_server_side_apply_changes_nothing() {
         &format!("app.kubernetes.io/instance={}", synced.name),
         "clusterrole,clusterrolebinding",
     ]));
+}
+
+/// With `watchNamespace` set, the chart grants the operator the namespaced
+/// objects it uses (BMC credentials Secrets among them) in that namespace
+/// only, plus reading the CRDs; and the operator works with just that: a
+/// machine there is registered and inspected through its BMC.
+#[tokio::test]
+async fn a_chart_watching_one_namespace_grants_secrets_there_only_and_the_operator_works_with_that() {
+    use support::sushy::{FakeSystem, PASSWORD, Sushy, SushyConfig, USER};
+    let client = client().await;
+    install_crds(&client).await;
+    let installed = TestNamespace::new(&client, "helm-scoped").await;
+    let watched = TestNamespace::new(&client, "watched").await;
+    let other = TestNamespace::new(&client, "unwatched").await;
+    let release = installed.name.clone();
+    let value = format!("watchNamespace={}", watched.name);
+    run_ok(helm().args(["install", &release, "charts/girder", "-n", &installed.name, "--wait=false", "--set", &value]));
+    let account = run_ok(kubectl().args([
+        "get",
+        "serviceaccount",
+        "-n",
+        &installed.name,
+        "-l",
+        &format!("app.kubernetes.io/instance={release}"),
+        "-o",
+        "jsonpath={.items[0].metadata.name}",
+    ]));
+    let user = format!("system:serviceaccount:{}:{account}", installed.name);
+    let here = ["-n", watched.name.as_str()];
+    let elsewhere = ["-n", other.name.as_str()];
+    for (allowed, request, scope) in [
+        (true, ["get", "secrets"], &here[..]),
+        (true, ["create", "secrets"], &here[..]),
+        (false, ["get", "secrets"], &elsewhere[..]),
+        (false, ["list", "secrets"], &["-A"][..]),
+        (true, ["create", "serviceaccounts/token"], &here[..]),
+        (false, ["create", "serviceaccounts/token"], &elsewhere[..]),
+        (true, ["watch", "baremetalnodes.girder.dev"], &here[..]),
+        (false, ["watch", "baremetalnodes.girder.dev"], &["-A"][..]),
+        (true, ["list", "customresourcedefinitions.apiextensions.k8s.io"], &["-A"][..]),
+    ] {
+        assert_eq!(can_i_as(&user, &request, scope), allowed, "can the operator {request:?} {scope:?}?");
+    }
+
+    // The operator with nothing but that ServiceAccount's permissions.
+    let kubeconfig = service_account_kubeconfig(&watched.name, &installed.name, &account);
+    let operator = Operator::start(OperatorOptions {
+        lease_namespace: Some(&installed.name),
+        kubeconfig: Some(&kubeconfig.0),
+        ..OperatorOptions::new(&watched.name, "scoped")
+    });
+    let sushy = Sushy::start(SushyConfig {
+        systems: vec![FakeSystem::new("0000000d-0000-4000-8000-000000000001", "scoped", "Off", &["52:54:00:0d:00:01"])],
+        ..Default::default()
+    })
+    .await;
+    run_ok(
+        kubectl()
+            .args(["create", "secret", "generic", "bmc", "-n", &watched.name])
+            .args([&format!("--from-literal=username={USER}"), &format!("--from-literal=password={PASSWORD}")]),
+    );
+    apply_yaml(
+        &watched.name,
+        &format!(
+            "apiVersion: girder.dev/v1alpha1\nkind: BareMetalNode\nmetadata: {{name: scoped}}\nspec:\n  bmc: {{address: \"{}\", credentialsSecretRef: {{name: bmc}}}}\n  bootMACAddress: \"52:54:00:0d:00:01\"\n  online: false\n",
+            sushy.address(Some("scoped"))
+        ),
+    );
+    node_where(&client, &watched.name, "scoped", "Available and inspected, with a namespace's permissions", |n| {
+        n.status.as_ref().and_then(|s| s.phase) == Some(girder::api::node::NodePhase::Available)
+            && condition(n, "Inspected").is_some_and(|c| c.0 == girder::api::ConditionStatus::True)
+    })
+    .await;
+    let logs = operator.logs();
+    assert!(!logs.contains("forbidden"), "the operator hit a permission it lacks:\n{logs}");
+    drop(operator);
+    run_ok(helm().args(["uninstall", &release, "-n", &installed.name]));
+}
+
+/// `config/namespaced`: the operator's rules (exactly those of
+/// config/rbac's ClusterRole) in a Role in the one namespace it watches, its
+/// ClusterRole cut down to reading the CRDs, and the operator told to watch
+/// that namespace.
+#[test]
+fn the_namespaced_overlay_grants_the_operators_rules_in_one_namespace_only() {
+    let docs = |rendered: &str| -> Vec<serde_json::Value> {
+        rendered.split("\n---\n").map(|doc| serde_yaml::from_str(doc).unwrap_or_default()).collect()
+    };
+    let find = |all: &[serde_json::Value], kind: &str, name: &str| {
+        all.iter()
+            .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("no {kind} {name}"))
+            .clone()
+    };
+    let cluster_wide = docs(&run_ok(kubectl().args(["kustomize", "config/default"])));
+    let scoped = docs(&run_ok(kubectl().args(["kustomize", "config/namespaced"])));
+    let role = find(&scoped, "Role", "girder-operator");
+    assert_eq!(role["metadata"]["namespace"], "girder-lab");
+    assert_eq!(role["rules"], find(&cluster_wide, "ClusterRole", "girder-operator")["rules"]);
+    let binding = find(&scoped, "RoleBinding", "girder-operator");
+    assert_eq!(binding["metadata"]["namespace"], "girder-lab");
+    assert_eq!(binding["subjects"][0]["namespace"], "girder-system");
+    let rules = find(&scoped, "ClusterRole", "girder-operator")["rules"].clone();
+    assert_eq!(rules.as_array().map(Vec::len), Some(1), "{rules}");
+    assert_eq!(rules[0]["resources"][0], "customresourcedefinitions");
+    assert!(!rules.to_string().contains("secrets"));
+    let env =
+        find(&scoped, "Deployment", "girder-operator")["spec"]["template"]["spec"]["containers"][0]["env"].clone();
+    let watch = env.as_array().unwrap().iter().find(|e| e["name"] == "GIRDER_WATCH_NAMESPACE").cloned();
+    assert_eq!(watch.map(|e| e["value"].clone()), Some(serde_json::json!("girder-lab")));
+    // The API server takes all of it (checked, not kept: the ClusterRole is
+    // the one config/default's test uses).
+    apply_yaml("default", "apiVersion: v1\nkind: Namespace\nmetadata: {name: girder-lab}\n");
+    run_ok(kubectl().args(["apply", "--dry-run=server", "-k", "config/namespaced"]));
 }
 
 /// The overlay `config/README.md` shows for the PXE sidecar renders as it says:
