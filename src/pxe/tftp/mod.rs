@@ -47,6 +47,10 @@ pub struct TftpConfig {
     pub timeout: Duration,
     /// Retransmissions of the same packet before a transfer is given up.
     pub max_retries: u32,
+    /// The longest one transfer may take: a client that acknowledges just
+    /// often enough never times out, and would hold its transfer slot for
+    /// as long as it likes.
+    pub max_transfer_time: Duration,
     /// Files larger than this are refused (each served file is held in memory).
     pub max_file_size: u64,
     /// Directories outside the root that symlinks inside it may point into; none by
@@ -64,6 +68,7 @@ impl TftpConfig {
             max_transfers: 256,
             timeout: Duration::from_secs(1),
             max_retries: 5,
+            max_transfer_time: Duration::from_secs(600),
             max_file_size: 256 * 1024 * 1024,
             symlink_targets: Vec::new(),
         }

@@ -531,6 +531,42 @@ async fn beyond_max_transfers_the_server_is_busy() {
     server.stop().await;
 }
 
+/// A client that acknowledges every block, but slowly, never times out:
+/// the transfer time limit ends it, with an error packet, and frees its slot.
+#[tokio::test]
+async fn a_slow_but_alive_client_gives_up_its_slot_at_the_time_limit() {
+    let dir = TestDir::new("tftp-slow");
+    dir.write("f", &content(5000));
+    let server = TestServer::start(dir, |config| {
+        config.max_transfers = 1;
+        config.max_transfer_time = Duration::from_secs(1);
+    })
+    .await;
+
+    // Ten 512-byte blocks, each acknowledged 300 ms after it came (the
+    // server would retransmit after 1 s): about 3 s in all.
+    let slow = UdpSocket::bind("127.0.0.1:0").await.expect("client socket");
+    slow.send_to(&read_request("f", "octet"), server.addr).await.expect("send");
+    let mut buffer = [0u8; 1024];
+    let (code, message) = loop {
+        let (len, from) = timeout(PATIENCE, slow.recv_from(&mut buffer)).await.expect("a packet").expect("receive");
+        match parse(&buffer[..len]) {
+            Ok(Packet::Data { block, .. }) => {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                slow.send_to(&Packet::Ack { block }.to_bytes(), from).await.expect("ack");
+            }
+            Ok(Packet::Error { code, message }) => break (code, message.into_owned()),
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!(code, 0);
+    assert!(message.contains("time limit"), "{message}");
+    // The slot is free again.
+    let fetched = fetch(server.addr, "f", ClientOptions::default()).await.expect("a transfer after the slow one");
+    assert_eq!(fetched.data.len(), 5000);
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn serve_fails_for_a_missing_root() {
     let socket = bind("127.0.0.1:0".parse().expect("address")).await.expect("bind");

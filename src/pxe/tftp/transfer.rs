@@ -38,7 +38,12 @@ enum Outcome {
     Complete,
     Refused(Refusal),
     TimedOut,
-    PeerError { code: u16, message: String },
+    /// Longer than [`super::TftpConfig::max_transfer_time`].
+    TooLong,
+    PeerError {
+        code: u16,
+        message: String,
+    },
     Shutdown,
     Failed(io::Error),
 }
@@ -74,7 +79,15 @@ pub(super) async fn run(shared: Arc<Shared>, peer: SocketAddr, request: OwnedReq
         receive: vec![0; 2048],
         send: Vec::new(),
     };
-    let outcome = session.serve(&shared, &request, &shutdown).await;
+    let limit = shared.config.max_transfer_time;
+    let outcome = match tokio::time::timeout(limit, session.serve(&shared, &request, &shutdown)).await {
+        Ok(outcome) => outcome,
+        Err(_elapsed) => {
+            let message = format!("transfer time limit ({} s) reached", limit.as_secs());
+            session.send_error(peer, ErrorCode::NotDefined, &message).await;
+            Outcome::TooLong
+        }
+    };
 
     let bytes = session.acked_bytes;
     let file = request.filename.as_str();
@@ -91,6 +104,11 @@ pub(super) async fn run(shared: Arc<Shared>, peer: SocketAddr, request: OwnedReq
         }
         Outcome::TimedOut => {
             warn!(%peer, ?file, bytes, blksize, windowsize, duration_ms, "TFTP transfer timed out");
+            "timeout"
+        }
+        Outcome::TooLong => {
+            let limit_s = shared.config.max_transfer_time.as_secs();
+            warn!(%peer, ?file, bytes, blksize, windowsize, duration_ms, limit_s, "TFTP transfer given up: the client is too slow");
             "timeout"
         }
         // PXE ROMs commonly ask for tsize only and abort after the OACK.
