@@ -177,6 +177,19 @@ impl NodeContext {
         }
         Some(last)
     }
+
+    /// Remembers that `action` was just asked of the node's BMC.
+    fn asked_power(&self, node_key: &str, action: PowerAction) -> (PowerAction, jiff::Timestamp) {
+        let asked = (action, jiff::Timestamp::now());
+        self.power_asked.lock().unwrap_or_else(|e| e.into_inner()).insert(node_key.to_string(), asked);
+        asked
+    }
+
+    /// Forgets everything kept about a node that is gone.
+    async fn forget(&self, node_key: &str) {
+        self.power_asked.lock().unwrap_or_else(|e| e.into_inner()).remove(node_key);
+        self.pool.forget(node_key).await;
+    }
 }
 
 /// Writes the part of the node's status this controller owns (server-side
@@ -438,9 +451,7 @@ impl Executor<'_> {
                     result => result.map(|()| action).map_err(bmc_error("PowerManagementError"))?,
                 };
                 facts.power_requested = Some(action);
-                let asked = (action, jiff::Timestamp::now());
-                self.nc.power_asked.lock().unwrap_or_else(|e| e.into_inner()).insert(self.node_key.to_string(), asked);
-                facts.power_asked = Some(asked);
+                facts.power_asked = Some(self.nc.asked_power(self.node_key, action));
                 let reason = if action == PowerAction::On { "PowerOn" } else { "PowerOff" };
                 let note = format!(
                     "asked the BMC {} for {action:?} (spec.online is {})",
@@ -569,12 +580,12 @@ async fn finalize(
         return Ok(Action::requeue(Duration::from_millis(10)));
     }
     if !has(FINALIZER) {
-        nc.pool.forget(node_key).await;
+        nc.forget(node_key).await;
         return Ok(Action::await_change());
     }
     let detached = node.annotations().get(DETACHED).is_some_and(|v| v != "false");
     let release = |why: &'static str| async move {
-        nc.pool.forget(node_key).await;
+        nc.forget(node_key).await;
         nc.ctx.event(node, EventType::Normal, "Released", why.to_string(), "Delete").await;
         set_finalizers(api, node, &[]).await.map(|_| Action::await_change())
     };
